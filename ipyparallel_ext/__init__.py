@@ -1,0 +1,44 @@
+"""IPython.parallel's View API on ordinary Jupyter kernels.
+
+``import ipyparallel_ext as ipp`` and use it as you would ipyparallel::
+
+    with ipp.Cluster(n=4) as rc:
+        rc[:].apply_sync(lambda x: x * 2, 21)
+"""
+
+from ._asyncresult import AsyncMapResult as AsyncMapResult
+from ._asyncresult import AsyncResult as AsyncResult
+from ._client import Client as Client
+from ._cluster import Cluster as Cluster
+from ._remotefunction import ParallelFunction as ParallelFunction
+from ._remotefunction import RemoteFunction as RemoteFunction
+from ._view import DirectView as DirectView
+from ._view import View as View
+from ._wire import Reference as Reference
+from .error import (
+    CompositeError,
+    DependencyTimeout,
+    EngineError,
+    ImpossibleDependency,
+    NoEnginesRegistered,
+    RemoteError,
+    TaskAborted,
+    TaskTimeout,
+)
+from .util import interactive as interactive
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "AsyncMapResult", "AsyncResult", "Client", "Cluster", "CompositeError", "DependencyTimeout",
+    "DirectView", "EngineError", "ImpossibleDependency", "NoEnginesRegistered", "ParallelFunction",
+    "Reference", "RemoteError", "RemoteFunction", "TaskAborted", "TaskTimeout", "View",
+    "interactive", "__version__",
+]
+
+
+def load_ipython_extension(ip):
+    """``%load_ext ipyparallel_ext``: register the %px magics."""
+    from ._magics import load_ipython_extension as load
+
+    load(ip)

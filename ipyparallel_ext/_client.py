@@ -1,0 +1,456 @@
+"""Client: the engine registry, and the one entry point from user threads to the I/O thread.
+
+A Client connects to engine kernels (by connection file or connection info),
+keeps the ids of the live ones, and submits :class:`~._record.MessageRecord`\\ s
+to them through :meth:`Client.submit`.  Views build the records; the I/O
+thread (:mod:`._iothread`, :mod:`._engine`) sends them and completes them.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import json
+import logging
+import os
+import threading
+import time
+from collections.abc import Iterable
+
+from ._asyncresult import AsyncResult
+from ._engine import EngineConnection
+from ._iothread import IOLoop
+from ._record import DONE, MessageRecord
+from .error import ConnectionFileError, EngineError, NoEnginesRegistered
+
+log = logging.getLogger("ipyparallel_ext")
+
+_REQUIRED_KEYS = ("shell_port", "iopub_port", "control_port", "hb_port", "key", "ip")
+
+
+def load_connection_file(path) -> dict:
+    """Read and check a kernel connection file.
+
+    Raises
+    ------
+    ConnectionFileError
+        If the file is missing, is not JSON, or lacks a required field.
+    """
+    path = os.fspath(path)
+    try:
+        with open(path) as f:
+            info = json.load(f)
+    except FileNotFoundError:
+        raise ConnectionFileError(f"connection file not found: {path}") from None
+    except (OSError, ValueError) as exc:
+        raise ConnectionFileError(f"cannot read connection file {path}: {exc}") from None
+    return check_connection_info(info, path)
+
+
+def check_connection_info(info, source="connection info") -> dict:
+    """Check that ``info`` has what is needed to reach a kernel."""
+    if not isinstance(info, dict):
+        raise ConnectionFileError(f"{source} is not a JSON object")
+    missing = [k for k in _REQUIRED_KEYS if k not in info]
+    if missing:
+        raise ConnectionFileError(f"{source} lacks {', '.join(missing)}")
+    return info
+
+
+class Client:
+    """A connection to a set of engines (Jupyter kernels).
+
+    Parameters
+    ----------
+    connection_files : list of path, optional
+        Kernel connection files; engine ``i`` is the ``i``-th file.
+    connection_info : list of dict, optional
+        Connection info dicts, as an alternative to files.
+    pickler : {'pickle', 'dill', 'cloudpickle'}
+        How payloads are pickled (see :meth:`DirectView.use_dill`).
+
+    Notes
+    -----
+    Several clients may share engines; each sees only its own results.
+    """
+
+    def __init__(self, connection_files=None, connection_info=None, *, pickler="pickle",
+                 _cluster=None, _engine_options=None, _probes=None):
+        infos = [load_connection_file(f) for f in (connection_files or [])]
+        infos += [check_connection_info(dict(i)) for i in (connection_info or [])]
+        self._cluster = _cluster
+        self._engine_options = _engine_options or {}
+        self._loop = IOLoop()
+        self._engines: dict = {}  # id -> EngineConnection; written on the I/O thread
+        self._ids: list = []
+        self._ids_changed = threading.Condition()
+        self._records: dict = {}
+        self.history: list = []
+        self._pickler = pickler
+        self._schedulers: list = []  # load-balancing schedulers to tell about free engines
+        self._closed = False
+        self._expected = len(infos)
+        probes = _probes or {}
+        for engine_id, info in enumerate(infos):
+            self.add_engine(engine_id, info, probes.get(engine_id))
+
+    # -- engines ---------------------------------------------------------------------
+
+    def add_engine(self, engine_id: int, info: dict, probe=None) -> None:
+        """Connect to one more engine (or reconnect a restarted one) under ``engine_id``."""
+        engine = EngineConnection(self._loop, engine_id, check_connection_info(info), self,
+                                  probe=probe, options=self._engine_options)
+        self._loop.call_soon(self._open_engine, engine)
+
+    def _open_engine(self, engine) -> None:
+        old = self._engines.get(engine.id)
+        if old is not None and not old.dead_reason:
+            old.die("was replaced by a new connection")
+        self._engines[engine.id] = engine
+        engine.open()
+
+    # Called by EngineConnection on the I/O thread.
+    def engine_ready(self, engine) -> None:
+        with self._ids_changed:
+            self._ids = sorted(set(self._ids) | {engine.id})
+            self._ids_changed.notify_all()
+        for scheduler in self._schedulers:
+            scheduler.engines_changed()
+
+    def engine_dead(self, engine, reason) -> None:
+        if not self._closed:
+            log.warning("engine %s %s", engine.id, reason)
+        with self._ids_changed:
+            self._ids = [i for i in self._ids if i != engine.id]
+            self._ids_changed.notify_all()
+        for scheduler in self._schedulers:
+            scheduler.engines_changed()
+
+    def engine_free(self, engine) -> None:
+        for scheduler in self._schedulers:
+            scheduler.engine_free(engine)
+
+    @property
+    def ids(self) -> list:
+        """Ids of the engines that are connected and alive, sorted."""
+        return list(self._ids)
+
+    def __len__(self) -> int:
+        return len(self._ids)
+
+    def wait_for_engines(self, n=None, *, timeout=-1, block=True, interactive=None, widget=None):
+        """Wait until at least ``n`` engines are ready.
+
+        Raises
+        ------
+        TimeoutError
+            If fewer than ``n`` engines are ready after ``timeout`` seconds.
+        """
+        n = self._expected if n is None else n
+        deadline = None if timeout is None or timeout < 0 else time.monotonic() + timeout
+        with self._ids_changed:
+            while len(self._ids) < n:
+                left = None if deadline is None else deadline - time.monotonic()
+                if left is not None and left <= 0:
+                    raise TimeoutError(
+                        f"{len(self._ids)} of {n} engines ready after {timeout} s"
+                        f"{self._dead_engines_note()}"
+                    )
+                self._ids_changed.wait(left if left is None else min(left, 1.0))
+        return None
+
+    def _dead_engines_note(self) -> str:
+        dead = {i: e.dead_reason for i, e in list(self._engines.items()) if e.dead_reason}
+        return "" if not dead else "; " + "; ".join(f"engine {i} {r}" for i, r in dead.items())
+
+    def resolve_targets(self, targets) -> list:
+        """Turn ``targets`` ('all', None, an id, a list, a slice) into a list of live ids.
+
+        Raises
+        ------
+        NoEnginesRegistered
+            If there are no engines at all.
+        IndexError
+            If a target is not a live engine.
+        """
+        ids = self._ids
+        if not ids:
+            raise NoEnginesRegistered()
+        if targets is None or (isinstance(targets, str) and targets == "all"):
+            return list(ids)
+        if isinstance(targets, slice):
+            return list(ids[targets])
+        if isinstance(targets, int):
+            targets = [targets]
+        if isinstance(targets, (str, bytes)) or not isinstance(targets, Iterable):
+            raise TypeError(f"targets must be 'all', an int, a slice or a list of ints, not {targets!r}")
+        targets = list(targets)
+        for t in targets:
+            if not isinstance(t, int) or isinstance(t, bool):
+                raise TypeError(f"engine ids are ints, not {t!r}")
+            if t not in ids:
+                reason = self._engines[t].dead_reason if t in self._engines else None
+                if reason:
+                    raise EngineError(f"engine {t} {reason}")
+                raise IndexError(f"no engine with id {t} (engines: {ids})")
+        return targets
+
+    # -- views -------------------------------------------------------------------------
+
+    def __getitem__(self, key):
+        """``rc[0]``, ``rc[:]``, ``rc[::2]``, ``rc[[0, 1]]``: a DirectView."""
+        if isinstance(key, int) and not isinstance(key, bool):
+            self.resolve_targets(key)
+            return self.direct_view(key)
+        if isinstance(key, slice):
+            return self.direct_view(self.resolve_targets(key))
+        if isinstance(key, (list, tuple)):
+            return self.direct_view(self.resolve_targets(list(key)))
+        raise TypeError(f"index a Client with an int, a slice or a list of ints, not {key!r}")
+
+    def direct_view(self, targets="all", **flags):
+        """A DirectView on ``targets`` ('all' follows engines as they come and go)."""
+        from ._view import DirectView
+
+        return DirectView(self, targets=targets, **flags)
+
+    def load_balanced_view(self, targets=None, **flags):
+        """A LoadBalancedView over ``targets`` (default: every engine)."""
+        from ._lbview import LoadBalancedView
+
+        return LoadBalancedView(self, targets=targets, **flags)
+
+    def executor(self, targets=None):
+        """A :class:`concurrent.futures.Executor` that load-balances over the engines."""
+        return self.load_balanced_view(targets).executor
+
+    # -- submitting work (any thread) --------------------------------------------------------
+
+    def new_record(self, op, **kwargs) -> MessageRecord:
+        """A record for this client, registered in its history."""
+        record = MessageRecord(_new_msg_id(), op, pickler=self._pickler, **kwargs)
+        self._records[record.msg_id] = record
+        self.history.append(record.msg_id)
+        return record
+
+    def submit(self, pairs) -> None:
+        """Send ``(engine_id, record)`` pairs; the records complete on the I/O thread."""
+        self._check_open()
+        self._loop.call_soon(self._submit_on_loop, list(pairs))
+
+    def _submit_on_loop(self, pairs) -> None:
+        for engine_id, record in pairs:
+            engine = self._engines.get(engine_id)
+            if engine is None:
+                record.finish("error", EngineError(f"no engine with id {engine_id}"))
+                record.outputs_ready.set()
+            else:
+                engine.submit(record)
+
+    def call_in_loop(self, fn, *args, timeout=10.0):
+        """Run ``fn(*args)`` on the I/O thread and return its result."""
+        if self._loop.in_loop():
+            return fn(*args)
+        future = concurrent.futures.Future()
+
+        def run():
+            try:
+                future.set_result(fn(*args))
+            except BaseException as exc:  # noqa: BLE001 - handed back to the caller
+                future.set_exception(exc)
+
+        self._loop.call_soon(run)
+        return future.result(timeout)
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise RuntimeError("this Client is closed")
+
+    # -- bookkeeping (ipyparallel's Client API) --------------------------------------------
+
+    def _records_for(self, jobs) -> list:
+        """Records named by AsyncResults, msg_ids or history indices."""
+        if jobs is None:
+            return [r for r in list(self._records.values()) if r.state != DONE]
+        if isinstance(jobs, (str, int, AsyncResult)):
+            jobs = [jobs]
+        records = []
+        for job in jobs:
+            if isinstance(job, AsyncResult):
+                records.extend(job._records)
+            elif isinstance(job, int):
+                records.append(self._records[self.history[job]])
+            elif job in self._records:
+                records.append(self._records[job])
+            else:
+                raise KeyError(f"unknown msg_id {job!r}")
+        return records
+
+    @property
+    def outstanding(self) -> set:
+        """msg_ids of requests that have not finished."""
+        return {m for m, r in list(self._records.items()) if r.state != DONE}
+
+    @property
+    def results(self) -> dict:
+        """msg_id -> result (or error) of every finished request still held."""
+        return {m: r.value() for m, r in list(self._records.items()) if r.state == DONE}
+
+    @property
+    def metadata(self) -> dict:
+        """msg_id -> metadata of every request still held."""
+        return {m: r.metadata for m, r in list(self._records.items())}
+
+    def wait(self, jobs=None, timeout=-1) -> bool:
+        """Wait for ``jobs`` (default: everything outstanding); True if all finished."""
+        deadline = None if timeout is None or timeout < 0 else time.monotonic() + timeout
+        for record in self._records_for(jobs):
+            while record.state != DONE:
+                left = None if deadline is None else deadline - time.monotonic()
+                if left is not None and left <= 0:
+                    return False
+                _wait_record(record, left)
+        return True
+
+    def get_result(self, indices_or_msg_ids=None, block=None, owner=False):
+        """An AsyncResult for earlier requests (by msg_id or history index)."""
+        if indices_or_msg_ids is None:
+            indices_or_msg_ids = -1
+        records = self._records_for(indices_or_msg_ids)
+        single = isinstance(indices_or_msg_ids, (str, int))
+        ar = AsyncResult(self, records, fname="get_result", single=single)
+        if block:
+            ar.wait()
+        return ar
+
+    def purge_results(self, jobs=(), targets=()) -> None:
+        """Forget finished results: ``jobs='all'``, some jobs, or those of ``targets``."""
+        if jobs == "all" or targets == "all":
+            done = [m for m, r in list(self._records.items()) if r.state == DONE]
+        else:
+            done = [r.msg_id for r in self._records_for(jobs) if r.state == DONE] if jobs else []
+            if targets:
+                ids = set(self.resolve_targets(targets))
+                done += [m for m, r in list(self._records.items()) if r.state == DONE and r.engine_id in ids]
+        gone = set(done)
+        for msg_id in gone:
+            self._records.pop(msg_id, None)
+        if gone:
+            self.history[:] = [m for m in self.history if m not in gone]
+
+    def queue_status(self, targets="all", verbose=False) -> dict:
+        """Per engine: requests queued and in flight here, and done; plus 'unassigned'."""
+        ids = self.resolve_targets(targets)
+
+        def snapshot():
+            status = {}
+            for eid in ids:
+                engine = self._engines[eid]
+                queued = [r.msg_id for r in engine.queue] + list(engine.inflight)
+                status[eid] = {"queue": queued, "tasks": []}
+            unassigned = []
+            for scheduler in self._schedulers:
+                unassigned += scheduler.unassigned_ids()
+            return status, unassigned
+
+        status, unassigned = self.call_in_loop(snapshot)
+        completed = {eid: [] for eid in ids}
+        for msg_id, record in list(self._records.items()):
+            if record.state == DONE and record.engine_id in completed:
+                completed[record.engine_id].append(msg_id)
+        for eid in ids:
+            status[eid]["completed"] = completed[eid]
+        if not verbose:
+            status = {eid: {k: len(v) for k, v in s.items()} for eid, s in status.items()}
+            unassigned = len(unassigned)
+        status["unassigned"] = unassigned
+        return status
+
+    def abort(self, jobs=None, targets=None, block=None) -> None:
+        """Abort requests that have not started; they raise :class:`TaskAborted`.
+
+        Work already running is not touched (interrupt it with
+        :meth:`interrupt` or give it a ``time_limit``).
+        """
+        records = self._records_for(jobs) if jobs is not None else None
+        engine_ids = None if targets is None else set(self.resolve_targets(targets))
+
+        def on_loop():
+            wanted = None if records is None else {r.msg_id for r in records}
+            for scheduler in self._schedulers:
+                scheduler.abort(wanted, engine_ids)
+            for eid, engine in list(self._engines.items()):
+                if engine_ids is not None and eid not in engine_ids:
+                    continue
+                engine.abort(wanted if wanted is not None else [r.msg_id for r in engine.queue])
+
+        self.call_in_loop(on_loop)
+
+    def interrupt(self, targets=None) -> None:
+        """Interrupt whatever the engines are running (KeyboardInterrupt there)."""
+        ids = self.resolve_targets(targets)
+        self.call_in_loop(lambda: [self._engines[i].send_control("interrupt_request") for i in ids])
+
+    def shutdown(self, targets="all", restart=False, hub=False, block=None) -> None:
+        """Stop (or restart) engines; with ``hub=True`` stop all of them and close."""
+        if hub:
+            targets = "all"
+        ids = self.resolve_targets(targets) if self._ids else []
+        if self._cluster is not None and self._cluster.owns(self):
+            if restart:
+                self._cluster.restart_engines_sync(ids)
+            else:
+                self._cluster.stop_engines_sync(ids)
+        else:
+            if restart:
+                raise ValueError("restart needs engines started by a Cluster (attached kernels have no manager)")
+            self.call_in_loop(lambda: [self._engines[i].send_control("shutdown_request", {"restart": False})
+                                       for i in ids])
+            if block or block is None:
+                deadline = time.monotonic() + 10
+                while set(ids) & set(self._ids) and time.monotonic() < deadline:
+                    time.sleep(0.05)
+        if hub:
+            self.close()
+
+    def spin(self) -> None:
+        """Kept for compatibility: the I/O thread processes messages continuously."""
+
+    def close(self, linger=None) -> None:
+        """Disconnect from every engine and stop the I/O thread (engines keep running)."""
+        if self._closed:
+            return
+        self._closed = True
+
+        def close_all():
+            for engine in list(self._engines.values()):
+                engine.close()
+
+        try:
+            self.call_in_loop(close_all)
+        finally:
+            self._loop.stop()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"<ipyparallel_ext.Client: {len(self._ids)} engines>"
+
+
+def _new_msg_id() -> str:
+    return os.urandom(16).hex()
+
+
+def _wait_record(record, timeout) -> None:
+    """Block until ``record`` is done (or ``timeout``)."""
+    event = threading.Event()
+    record_done = event.set
+    # add_done_listener runs on the I/O thread normally; a late listener on a
+    # done record fires at once, so there is no lost wake-up.
+    record._listeners.append(lambda r: record_done())
+    if record.state == DONE:
+        return
+    event.wait(timeout)

@@ -1,0 +1,409 @@
+"""EngineConnection: the client's side of one engine kernel.
+
+Lives on the I/O thread.  It owns the engine's shell, iopub, control and
+heartbeat sockets, signs and sends requests (:meth:`EngineConnection._send`),
+receives and checks replies (:meth:`_on_shell`) and outputs
+(:meth:`_on_iopub`), and notices when the engine dies.
+
+Work for the engine waits in a client-side queue and at most
+``max_inflight`` requests are on the wire at once, so that queued work can
+still be aborted (a stock kernel cannot abort one particular message).
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import signal
+import time
+
+import zmq
+from jupyter_client.session import Session
+
+from . import _wire
+from ._record import DONE, PENDING, SENT
+from .error import EngineError, RemoteError, TaskAborted
+
+log = logging.getLogger("ipyparallel_ext")
+
+HEARTBEAT_PERIOD = 1.0
+HEARTBEAT_TIMEOUT = 4.0  # seconds without an echo before an engine counts as dead
+PROBE_PERIOD = 0.25  # how often a local engine's process is polled
+OUTPUT_GRACE = 2.0  # how long after its reply a request's outputs may still arrive
+NUDGE_PERIOD = 0.1  # kernel_info resend period while waiting for iopub to connect
+
+_OUTPUT_TYPES = {"stream", "display_data", "update_display_data", "execute_result",
+                 "execute_input", "error", "clear_output"}
+
+
+def describe_exit(returncode: int) -> str:
+    """Say how a process ended, in words a user can act on."""
+    if returncode < 0:
+        sig = -returncode
+        try:
+            name = signal.Signals(sig).name
+        except ValueError:
+            name = f"signal {sig}"
+        hint = " (the out-of-memory killer sends this)" if sig == signal.SIGKILL else ""
+        if sig == signal.SIGSEGV:
+            hint = " (a crash in compiled code)"
+        return f"killed by {name}{hint}"
+    return f"exited with status {returncode}"
+
+
+class EngineConnection:
+    """Connection to one engine; every method runs on the I/O thread.
+
+    Parameters
+    ----------
+    loop : IOLoop
+        The I/O loop that owns the sockets.
+    engine_id : int
+        The id users see (``rc.ids``).
+    info : dict
+        The kernel's connection info (ip, ports, key, transport, signature_scheme).
+    listener
+        Gets ``engine_ready(engine)``, ``engine_dead(engine, reason)`` and
+        ``engine_free(engine)`` calls.
+    probe : callable, optional
+        Returns the kernel process's exit code, or None while it runs.
+    options : dict
+        Sent to the engine helpers at install.
+    """
+
+    def __init__(self, loop, engine_id, info, listener, probe=None, options=None, max_inflight=1):
+        self.loop = loop
+        self.id = engine_id
+        self.info = info
+        self.listener = listener
+        self.probe = probe
+        self.options = options or {}
+        self.max_inflight = max_inflight
+        key = info.get("key", b"")
+        self.session = Session(
+            key=key.encode() if isinstance(key, str) else key,
+            signature_scheme=info.get("signature_scheme", "hmac-sha256"),
+            username="ipyparallel_ext",
+        )
+        self.queue: collections.deque = collections.deque()  # records not yet sent
+        self.inflight: dict = {}  # msg_id -> record awaiting its reply
+        self.routes: dict = {}  # msg_id -> record whose iopub outputs we collect
+        self._output_deadlines: collections.deque = collections.deque()
+        self.ready = False
+        self.dead_reason = None
+        self._iopub_seen = False
+        self._installed = False
+        self._last_beat = time.monotonic()
+        self.kernel_info = None
+
+    # -- life cycle -------------------------------------------------------------
+
+    def _url(self, channel: str) -> str:
+        transport = self.info.get("transport", "tcp")
+        ip = self.info.get("ip", "127.0.0.1")
+        port = self.info[f"{channel}_port"]
+        if transport == "ipc":
+            return f"ipc://{ip}-{port}"
+        return f"{transport}://{ip}:{port}"
+
+    def _socket(self, kind, channel, handler):
+        sock = self.loop.context.socket(kind)
+        sock.linger = 0
+        if kind == zmq.SUB:
+            sock.rcvhwm = 0  # never drop outputs on our side of the pipe
+            sock.setsockopt(zmq.SUBSCRIBE, b"")
+        sock.connect(self._url(channel))
+        self.loop.add_socket(sock, handler)
+        return sock
+
+    def open(self) -> None:
+        """Connect, install the engine helpers, and start watching liveness."""
+        self.shell = self._socket(zmq.DEALER, "shell", self._on_shell)
+        self.iopub = self._socket(zmq.SUB, "iopub", self._on_iopub)
+        self.control = self._socket(zmq.DEALER, "control", self._on_control)
+        self.hb = self._socket(zmq.DEALER, "hb", self._on_heartbeat)
+        install = self._new_record("install", code=_wire.install_code(self.options))
+        install.add_done_listener(self._installed_cb)
+        self._send(install)
+        self._nudge()
+        self._heartbeat()
+        if self.probe is not None:
+            self._probe()
+
+    def _installed_cb(self, record) -> None:
+        if record.error is not None:
+            self.die(f"could not install the engine helpers: {record.error}")
+            return
+        self._installed = True
+        self._maybe_ready()
+
+    def _nudge(self) -> None:
+        # IOPub (a SUB socket) connects asynchronously; until it is live,
+        # outputs would be lost.  Poke the kernel until its status shows up.
+        if self._iopub_seen or self.dead_reason:
+            return
+        msg = self.session.msg("kernel_info_request", {})
+        self.shell.send_multipart(self.session.serialize(msg))
+        self.loop.call_later(NUDGE_PERIOD, self._nudge)
+
+    def _maybe_ready(self) -> None:
+        if self._installed and self._iopub_seen and not self.ready and not self.dead_reason:
+            self.ready = True
+            self.listener.engine_ready(self)
+            self._pump()
+
+    def die(self, reason: str) -> None:
+        """Mark the engine dead: fail its work, close its sockets."""
+        if self.dead_reason:
+            return
+        self.dead_reason = reason
+        records = list(self.inflight.values()) + list(self.queue)
+        self.inflight.clear()
+        self.queue.clear()
+        for sock in (self.shell, self.iopub, self.control, self.hb):
+            self.loop.remove_socket(sock)
+        error = EngineError(f"engine {self.id} {reason}")
+        for record in records:
+            _finish_record(record, "error", error)
+        for record in self.routes.values():
+            record.outputs_ready.set()
+        self.routes.clear()
+        self.listener.engine_dead(self, reason)
+
+    def close(self) -> None:
+        """Close quietly (the client is closing): outstanding work fails."""
+        self.die("is no longer connected (client closed)")
+
+    # -- liveness ---------------------------------------------------------------
+
+    def _heartbeat(self) -> None:
+        if self.dead_reason:
+            return
+        silent_for = time.monotonic() - self._last_beat
+        if silent_for > HEARTBEAT_TIMEOUT:
+            self.die(f"stopped answering heartbeats for {silent_for:.1f} s (process gone or unreachable)")
+            return
+        self.hb.send(b"ping")
+        self.loop.call_later(HEARTBEAT_PERIOD, self._heartbeat)
+
+    def _on_heartbeat(self, frames) -> None:
+        self._last_beat = time.monotonic()
+
+    def _probe(self) -> None:
+        if self.dead_reason:
+            return
+        try:
+            code = self.probe()
+        except Exception:  # a probe that breaks must not stop the heartbeat
+            log.exception("liveness probe of engine %s failed", self.id)
+            return
+        if code is not None:
+            self.die(f"died: {describe_exit(code)}")
+            return
+        self.loop.call_later(PROBE_PERIOD, self._probe)
+
+    # -- sending ----------------------------------------------------------------
+
+    def _new_record(self, op, **kwargs):
+        from ._record import MessageRecord
+
+        return MessageRecord(self.session.msg_id, op, **kwargs)
+
+    def submit(self, record) -> None:
+        """Queue a record for this engine (I/O thread)."""
+        if self.dead_reason:
+            _finish_record(record, "error", EngineError(f"engine {self.id} {self.dead_reason}"))
+            return
+        record.engine_id = self.id
+        self.queue.append(record)
+        self._pump()
+
+    @property
+    def load(self) -> int:
+        """Requests queued or in flight."""
+        return len(self.queue) + len(self.inflight)
+
+    def _pump(self) -> None:
+        while self.ready and self.queue and len(self.inflight) < self.max_inflight:
+            record = self.queue.popleft()
+            if record.state == PENDING:
+                self._send(record)
+
+    def abort(self, msg_ids) -> list:
+        """Abort queued (unsent) records among ``msg_ids``; return the ones aborted."""
+        wanted = set(msg_ids)
+        aborted = [r for r in self.queue if r.msg_id in wanted]
+        if aborted:
+            self.queue = collections.deque(r for r in self.queue if r.msg_id not in wanted)
+            for record in aborted:
+                _finish_record(record, "aborted", TaskAborted(f"task {record.msg_id} was aborted before it ran"))
+        return aborted
+
+    def _send(self, record) -> None:
+        if record.op in ("execute", "install"):
+            content = _wire.request_content(record.code, silent=record.op == "install")
+            metadata = {}
+        else:
+            content = _wire.request_content(_wire.HANDLE_CODE, silent=True)
+            metadata = {"ipp_ext": record.spec}
+        header = self.session.msg_header("execute_request")
+        header["msg_id"] = record.msg_id
+        msg = self.session.msg("execute_request", content, header=header, metadata=metadata)
+        frames = self.session.serialize(msg)
+        record.engine_id = self.id
+        record.state = SENT
+        record.sent = time.time()
+        self.inflight[record.msg_id] = record
+        self.routes[record.msg_id] = record
+        for task in record.task or ():
+            if task is not record:
+                self.routes[task.msg_id] = task
+        tracker = self.shell.send_multipart(frames + record.frames, copy=False, track=record.spec.get("track", False))
+        if record.spec.get("track"):
+            record.spec["tracker"] = tracker
+        record.frames = []
+
+    def send_control(self, msg_type: str, content: dict | None = None) -> None:
+        """Send a control request (interrupt, shutdown); replies are not awaited."""
+        if self.dead_reason:
+            return
+        msg = self.session.msg(msg_type, content or {})
+        self.control.send_multipart(self.session.serialize(msg))
+
+    # -- receiving --------------------------------------------------------------
+
+    def _unpack(self, frames):
+        try:
+            _idents, parts = self.session.feed_identities(frames, copy=False)
+            return self.session.deserialize(parts, content=True, copy=False)
+        except Exception as exc:
+            # Bad signature, replay, garbage: drop it, loudly.
+            log.warning("engine %s: dropped an invalid message: %s", self.id, exc)
+            return None
+
+    def _on_control(self, frames) -> None:
+        self._unpack(frames)  # checked and dropped: control replies carry nothing we need
+
+    def _on_shell(self, frames) -> None:
+        msg = self._unpack(frames)
+        if msg is None:
+            return
+        self._last_beat = time.monotonic()
+        msg_type = msg["msg_type"]
+        if msg_type == "kernel_info_reply":
+            self.kernel_info = msg["content"]
+            return
+        parent_id = msg["parent_header"].get("msg_id")
+        record = self.inflight.pop(parent_id, None)
+        if record is None:
+            return
+        self._complete(record, msg)
+        self._output_deadlines.append((time.monotonic() + OUTPUT_GRACE, record))
+        if len(self._output_deadlines) == 1:
+            self.loop.call_later(OUTPUT_GRACE, self._expire_outputs)
+        self._pump()
+        self.listener.engine_free(self)
+
+    def _complete(self, record, msg) -> None:
+        content = msg["content"]
+        md = msg["metadata"].get("ipp_ext")
+        info = {"engine_id": self.id, "method": record.op}
+        if md is None:  # plain code (execute / install), or the helper itself broke
+            started = _seconds(msg["metadata"].get("started"))
+            if content.get("status") == "ok":
+                _finish_record(record, "ok", started=started, completed=time.time())
+            elif content.get("status") == "aborted":
+                _finish_record(record, "aborted", TaskAborted(f"engine {self.id} aborted the request"))
+            else:
+                tb = "\n".join(content.get("traceback", []))
+                error = RemoteError(content.get("ename"), content.get("evalue"), tb, info)
+                _finish_record(record, "error", error, started=started, completed=time.time())
+            return
+        if record.op == "batch":
+            _finish_batch(record, md, msg["buffers"], info)
+            return
+        _finish_from_metadata(record, md, msg["buffers"], info)
+
+    def _on_iopub(self, frames) -> None:
+        msg = self._unpack(frames)
+        if msg is None:
+            return
+        if not self._iopub_seen:
+            self._iopub_seen = True
+            self._maybe_ready()
+        parent_id = msg["parent_header"].get("msg_id")
+        record = self.routes.get(parent_id)
+        if record is None:
+            return
+        msg_type = msg["msg_type"]
+        if msg_type == "status":
+            if msg["content"].get("execution_state") == "idle":
+                self.routes.pop(parent_id, None)
+                for task in record.task or ():
+                    task.outputs_ready.set()
+                    self.routes.pop(task.msg_id, None)
+                record.outputs_ready.set()
+        elif msg_type in _OUTPUT_TYPES:
+            record.add_output(msg_type, msg["content"])
+
+    def _expire_outputs(self) -> None:
+        # An idle status lost on IOPub must not leave readers waiting forever.
+        if self.dead_reason:
+            return
+        now = time.monotonic()
+        deadlines = self._output_deadlines
+        while deadlines and deadlines[0][0] <= now:
+            _, record = deadlines.popleft()
+            if not record.outputs_ready.is_set():
+                record.outputs_ready.set()
+                self.routes.pop(record.msg_id, None)
+        if deadlines:
+            self.loop.call_later(deadlines[0][0] - now, self._expire_outputs)
+
+
+def _seconds(value):
+    """A reply's timestamp (datetime, ISO string or float) as epoch seconds."""
+    if value is None or isinstance(value, (int, float)):
+        return value
+    if isinstance(value, str):
+        from jupyter_client.jsonutil import parse_date
+
+        value = parse_date(value)
+    try:
+        return value.timestamp()
+    except AttributeError:
+        return None
+
+
+def _error_from(md, info):
+    return RemoteError(md.get("ename"), md.get("evalue"), md.get("traceback"), info)
+
+
+def _finish_record(record, status, error=None, result_frames=None, started=None, completed=None):
+    if record.state != DONE:
+        record.finish(status, error, result_frames, started, completed)
+    record_tasks = record.task or ()
+    for task in record_tasks:
+        if task is not record and task.state != DONE:
+            task.engine_id = record.engine_id
+            task.finish(status, error, None, started, completed)
+
+
+def _finish_from_metadata(record, md, buffers, info):
+    if md.get("status") == "ok":
+        _finish_record(record, "ok", None, buffers, md.get("started"), md.get("completed"))
+    else:
+        _finish_record(record, "error", _error_from(md, info), None, md.get("started"), md.get("completed"))
+
+
+def _finish_batch(record, md, buffers, info):
+    """Split a batch reply into its tasks' results."""
+    pos = 0
+    for task, task_md in zip(record.task, md.get("tasks", [])):
+        n = task_md.get("nframes", 0)
+        task.engine_id = record.engine_id
+        _finish_from_metadata(task, task_md, buffers[pos : pos + n], dict(info, method="apply"))
+        pos += n
+    # Tasks the engine did not reach (it was interrupted) are finished by the
+    # batch record's listeners (the scheduler re-queues or fails them).
+    record.finish("ok")

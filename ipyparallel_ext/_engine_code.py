@@ -1,0 +1,313 @@
+"""Engine-side helpers: the code that runs inside every engine kernel.
+
+Engines are stock ipykernels with nothing of ours installed, so the client
+sends this file's *source* in one ``execute_request`` when it connects
+(:func:`ipyparallel_ext._wire.install_code`).  It becomes the module
+``_ipp_ext_engine`` in the kernel's ``sys.modules``.  The client imports the
+same file too, so both ends share one implementation of the payload format.
+
+Only the standard library may be imported at module level here.
+
+How a request is served
+-----------------------
+Every View operation is a silent ``execute_request`` whose code is
+``__import__('_ipp_ext_engine').handle()`` and whose ``metadata["ipp_ext"]``
+says what to do.  :func:`handle` reads the request's binary buffers through
+``kernel.get_parent()``, does the work and parks the reply payload in
+``_pending``.  When the kernel then sends its ``execute_reply``, the wrapped
+``session.send`` (installed by :func:`install`) attaches that payload: the
+result travels on the shell channel, in the reply of the request that made
+it, as pickle-protocol-5 frames with out-of-band buffers.
+"""
+
+import marshal
+import pickle
+import sys
+import time
+import types
+
+MODULE_NAME = "_ipp_ext_engine"
+# Replaced by the client with a hash of this source when it is sent.
+VERSION = "dev"
+
+# Buffers smaller than this travel inside the pickle: a frame of their own
+# costs more than the copy.
+OOB_THRESHOLD = 4096
+
+# msg_id of the execute_request -> (reply metadata, reply buffers)
+_pending = {}
+_state = {"pickler": "pickle"}
+
+
+# ---------------------------------------------------------------------------
+# Payload format, shared by the client and the engines
+# ---------------------------------------------------------------------------
+
+
+def pickler_module(name):
+    """Return the module that pickles for ``name`` ('pickle', 'dill' or 'cloudpickle')."""
+    if name == "pickle":
+        return pickle
+    if name in ("dill", "cloudpickle"):
+        try:
+            return __import__(name)
+        except ImportError:
+            raise ImportError(
+                f"{name} is not installed in this Python ({sys.executable});"
+                f" install it here to use use_{name}()"
+            ) from None
+    raise ValueError(f"unknown pickler {name!r}")
+
+
+def dumps(obj, pickler="pickle", pickler_class=None):
+    """Pickle ``obj`` with protocol 5; large buffers go out of band.
+
+    Returns
+    -------
+    list
+        The pickle bytes, then one memoryview per out-of-band buffer.
+    """
+    frames = [None]
+
+    def keep_large(buf):
+        view = buf.raw()
+        if view.nbytes < OOB_THRESHOLD:
+            return True  # pickle it in-band
+        frames.append(view)
+        return False
+
+    if pickler_class is not None:
+        import io
+
+        out = io.BytesIO()
+        pickler_class(out, protocol=5, buffer_callback=keep_large).dump(obj)
+        frames[0] = out.getvalue()
+    else:
+        frames[0] = pickler_module(pickler).dumps(obj, protocol=5, buffer_callback=keep_large)
+    return frames
+
+
+def loads(frames, pickler="pickle"):
+    """Inverse of :func:`dumps`.
+
+    Out-of-band buffers received from zmq are read-only; they are copied into
+    writable memory so that arrays arrive as ordinary, mutable arrays.
+    """
+    buffers = [bytearray(b) for b in frames[1:]]
+    return pickler_module(pickler).loads(frames[0], buffers=buffers)
+
+
+def _rebuild_function(code, globals_ns, name, qualname, defaults, kwdefaults, closure, attrs):
+    """Recreate a function that was pickled by value.
+
+    ``globals_ns`` is either a dict of the globals the function uses (module
+    functions) or ``None``, meaning "the engine's interactive namespace", as
+    for functions defined in a notebook or marked ``@interactive``.
+    """
+    if globals_ns is None or "__ipp_ext_main__" in globals_ns:
+        user_ns = _user_ns()
+        for key, value in (globals_ns or {}).items():
+            if key != "__ipp_ext_main__":
+                user_ns.setdefault(key, value)  # modules the function uses
+        namespace = user_ns
+    else:
+        namespace = dict(globals_ns)
+        namespace.setdefault("__builtins__", __builtins__)
+    cells = None if closure is None else tuple(types.CellType(v) for v in closure)
+    func = types.FunctionType(marshal.loads(code), namespace, name, defaults, cells)
+    func.__qualname__ = qualname
+    func.__kwdefaults__ = kwdefaults
+    func.__dict__.update(attrs)
+    return func
+
+
+def map_chunk(func, *chunks):
+    """Map ``func`` over one chunk of each sequence (a DirectView.map task)."""
+    return list(map(func, *chunks))
+
+
+def _resolve_reference(name):
+    """Look ``name`` up in the engine's namespace (for ``ipp.Reference``)."""
+    ns = _user_ns()
+    head, _, rest = name.partition(".")
+    if head not in ns:
+        raise NameError(f"name {head!r} is not defined on this engine")
+    value = ns[head]
+    for attr in filter(None, rest.split(".")):
+        value = getattr(value, attr)
+    return value
+
+
+# ---------------------------------------------------------------------------
+# Engine side: serving requests
+# ---------------------------------------------------------------------------
+
+
+def _shell():
+    from IPython import get_ipython
+
+    return get_ipython()
+
+
+def _kernel():
+    return _shell().kernel
+
+
+def _user_ns():
+    shell = _shell()
+    # Outside IPython (a result unpickled by a plain-Python client) the
+    # interactive namespace is __main__'s.
+    return shell.user_ns if shell is not None else sys.modules["__main__"].__dict__
+
+
+def _format_error(etype, evalue, tb):
+    """Error dict with IPython's rendering of the traceback."""
+    try:
+        stb = _shell().InteractiveTB.structured_traceback(etype, evalue, tb)
+        text = "\n".join(stb)
+    except Exception:
+        import traceback
+
+        text = "".join(traceback.format_exception(etype, evalue, tb))
+    return {"status": "error", "ename": etype.__name__, "evalue": str(evalue), "traceback": text}
+
+
+def _call(func, *args):
+    """Run ``func(*args)``; return ``(True, value)`` or ``(False, error dict)``."""
+    try:
+        return True, func(*args)
+    except BaseException as exc:  # noqa: BLE001 - KeyboardInterrupt is a task outcome too
+        # Skip this frame so the traceback starts in the user's code.
+        return False, _format_error(type(exc), exc, exc.__traceback__.tb_next)
+
+
+def _apply(frames, pickler):
+    func, args, kwargs = loads(frames, pickler)
+    return func(*args, **kwargs)
+
+
+def _push(frames, pickler):
+    _user_ns().update(loads(frames, pickler))
+
+
+def _pull(names):
+    ns = _user_ns()
+    missing = [n for n in names if n.partition(".")[0] not in ns]
+    if missing:
+        raise NameError(f"name {missing[0]!r} is not defined on this engine")
+    return tuple(_resolve_reference(n) for n in names)
+
+
+def _clear():
+    _shell().reset(new_session=False)
+
+
+def _set_pickler(name):
+    pickler_module(name)
+    _state["pickler"] = name
+
+
+def _run_one(op, spec, frames):
+    """Run one operation; return (metadata, frames) for its reply."""
+    pickler = _state["pickler"]
+    started = time.time()
+    if op == "apply":
+        ok, value = _call(_apply, frames, pickler)
+    elif op == "push":
+        ok, value = _call(_push, frames, pickler)
+    elif op == "pull":
+        ok, value = _call(_pull, spec["names"])
+    elif op == "clear":
+        ok, value = _call(_clear)
+    elif op == "pickler":
+        ok, value = _call(_set_pickler, spec["name"])
+    else:
+        ok, value = False, {"status": "error", "ename": "ValueError",
+                            "evalue": f"unknown operation {op!r}", "traceback": ""}
+    md = {"started": started}
+    out = []
+    if ok:
+        md["status"] = "ok"
+        if op in ("apply", "pull"):
+            dumped = _call(dumps, value, pickler)
+            if dumped[0]:
+                out = dumped[1]
+            else:
+                md.update(dumped[1])
+                md["evalue"] = f"result could not be pickled: {md['evalue']}"
+    else:
+        md.update(value)
+    md["completed"] = time.time()
+    return md, out
+
+
+def _run_batch(spec, frames, kernel, ident, parent):
+    """Run several tasks carried by one request.
+
+    Each task gets its own parent header while it runs, so its stdout,
+    stderr and displays reach the client tagged with the task's own id.
+    """
+    results = []
+    out = []
+    pos = 0
+    header = parent["header"]
+    try:
+        for task in spec["tasks"]:
+            nframes = task["nframes"]
+            task_frames = frames[pos : pos + nframes]
+            pos += nframes
+            task_parent = dict(parent, header=dict(header, msg_id=task["id"]))
+            kernel.set_parent(ident, task_parent, channel="shell")
+            md, task_out = _run_one("apply", task, task_frames)
+            md["nframes"] = len(task_out)
+            results.append(md)
+            out.extend(task_out)
+            if md.get("ename") == "KeyboardInterrupt":
+                break  # interrupted: the client re-queues the rest
+    finally:
+        kernel.set_parent(ident, parent, channel="shell")
+    return {"status": "ok", "tasks": results}, out
+
+
+def handle():
+    """Serve the current execute_request (called by its code)."""
+    kernel = _kernel()
+    parent = kernel.get_parent("shell")
+    spec = parent["metadata"]["ipp_ext"]
+    frames = parent.get("buffers") or []
+    op = spec["op"]
+    if op == "batch":
+        ident = kernel._shell_parent_ident.get()
+        md, out = _run_batch(spec, frames, kernel, ident, parent)
+    else:
+        md, out = _run_one(op, spec, frames)
+    _pending[parent["header"]["msg_id"]] = (md, out)
+
+
+def install(options):
+    """Hook the kernel's session so execute_replies carry our payloads.
+
+    Idempotent: installing again (a second client, or a newer version of
+    this module) re-wraps the original ``send``, never a wrapper.
+    """
+    kernel = _kernel()
+    session = kernel.session
+    original = getattr(session, "_ipp_ext_original_send", None) or session.send
+    pending = _pending
+
+    def send(stream, msg_or_type, content=None, parent=None, ident=None,
+             buffers=None, track=False, header=None, metadata=None):
+        if pending and msg_or_type == "execute_reply" and parent:
+            extra = pending.pop(parent["header"]["msg_id"], None)
+            if extra is not None:
+                metadata = dict(metadata or {}, ipp_ext=extra[0])
+                buffers = extra[1]
+        return original(stream, msg_or_type, content, parent, ident, buffers, track, header, metadata)
+
+    session._ipp_ext_original_send = original
+    session.send = send
+    if "execute_sleep" in options:
+        # The post-execute sleep exists to let output flush before the reply;
+        # our engines' replies carry their results, so it only adds latency.
+        kernel._execute_sleep = options["execute_sleep"]
+    return VERSION

@@ -1,0 +1,175 @@
+"""The one I/O thread: a zmq poller loop that owns every socket.
+
+User threads never touch a socket.  They hand work to this thread with
+:meth:`IOLoop.call_soon` (a deque plus a byte on a self-pipe, which is
+thread-safe and costs a system call), and they wait on Futures that this
+thread completes.  Everything that runs *on* the loop (socket callbacks,
+timers, scheduled calls) must be quick and must not block.
+
+::
+
+    user thread ──call_soon(fn)──▶ deque + wake pipe ─┐
+                                                       ▼
+             ┌──────────── IOLoop._run (one thread) ───────────┐
+             │ poll(shell, iopub, control, hb of every engine,  │
+             │      wake pipe)  →  socket callbacks, timers     │
+             └─────────────────────────┬───────────────────────┘
+                                       ▼
+                        Future.set_result / set_exception
+"""
+
+from __future__ import annotations
+
+import collections
+import heapq
+import itertools
+import logging
+import os
+import threading
+import time
+
+import zmq
+
+log = logging.getLogger("ipyparallel_ext")
+
+
+class IOLoop:
+    """A poller loop in a daemon thread; see the module docstring."""
+
+    def __init__(self, context: zmq.Context | None = None):
+        self.context = context or zmq.Context.instance()
+        self._poller = zmq.Poller()
+        self._handlers: dict = {}
+        self._calls: collections.deque = collections.deque()
+        self._timers: list = []
+        self._timer_seq = itertools.count()
+        self._wake_r, self._wake_w = os.pipe()
+        os.set_blocking(self._wake_r, False)
+        os.set_blocking(self._wake_w, False)
+        self._poller.register(self._wake_r, zmq.POLLIN)
+        self._stopping = False
+        self._thread = threading.Thread(target=self._run, name="ipyparallel_ext-io", daemon=True)
+        self._thread.start()
+
+    # -- any thread ---------------------------------------------------------
+
+    def call_soon(self, fn, *args) -> None:
+        """Run ``fn(*args)`` on the I/O thread, soon."""
+        self._calls.append((fn, args))
+        try:
+            os.write(self._wake_w, b"\0")
+        except BlockingIOError:
+            pass  # the pipe is full, so the loop is awake anyway
+        except OSError:
+            if not self._stopping:
+                raise
+
+    def in_loop(self) -> bool:
+        """True when called from the I/O thread itself."""
+        return threading.current_thread() is self._thread
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Stop the loop after the calls already scheduled have run."""
+        if self._stopping:
+            return
+        self.call_soon(self._set_stopping)
+        if not self.in_loop():
+            self._thread.join(timeout)
+
+    # -- I/O thread only ------------------------------------------------------
+
+    def add_socket(self, socket: zmq.Socket, on_message) -> None:
+        """Call ``on_message(frames)`` for every multipart message ``socket`` receives."""
+        self._handlers[socket] = on_message
+        self._poller.register(socket, zmq.POLLIN)
+
+    def remove_socket(self, socket: zmq.Socket) -> None:
+        """Stop polling ``socket`` and close it."""
+        if self._handlers.pop(socket, None) is not None:
+            self._poller.unregister(socket)
+        socket.close(linger=0)
+
+    def call_later(self, delay: float, fn, *args):
+        """Run ``fn(*args)`` after ``delay`` seconds; returns a handle for :meth:`cancel`."""
+        entry = [time.monotonic() + delay, next(self._timer_seq), fn, args]
+        heapq.heappush(self._timers, entry)
+        return entry
+
+    @staticmethod
+    def cancel(handle) -> None:
+        """Cancel a timer made by :meth:`call_later`."""
+        if handle is not None:
+            handle[2] = None
+
+    def _set_stopping(self):
+        self._stopping = True
+
+    def _run(self) -> None:
+        poll = self._poller.poll
+        while not self._stopping:
+            timeout = self._run_due_timers()
+            try:
+                events = poll(timeout)
+            except zmq.ZMQError as exc:
+                if exc.errno == zmq.EINTR:
+                    continue
+                raise
+            for socket, _event in events:
+                if socket == self._wake_r:
+                    self._drain_wake_pipe()
+                else:
+                    self._read(socket)
+            self._run_calls()
+        self._shutdown()
+
+    def _read(self, socket) -> None:
+        handler = self._handlers.get(socket)
+        while handler is not None:
+            try:
+                frames = socket.recv_multipart(zmq.NOBLOCK, copy=False)
+            except zmq.Again:
+                return
+            self._guard(handler, frames)
+            handler = self._handlers.get(socket)  # the handler may have closed it
+
+    def _drain_wake_pipe(self) -> None:
+        try:
+            while os.read(self._wake_r, 4096):
+                pass
+        except BlockingIOError:
+            pass
+
+    def _run_calls(self) -> None:
+        calls = self._calls
+        while calls:
+            fn, args = calls.popleft()
+            self._guard(fn, *args)
+
+    def _run_due_timers(self) -> int | None:
+        """Run due timers; return the poll timeout (ms) until the next one."""
+        timers = self._timers
+        while timers:
+            when, _seq, fn, args = timers[0]
+            if fn is None:
+                heapq.heappop(timers)
+                continue
+            delay = when - time.monotonic()
+            if delay > 0:
+                return max(1, int(delay * 1000) + 1)
+            heapq.heappop(timers)
+            self._guard(fn, *args)
+        return None if not self._calls else 0
+
+    @staticmethod
+    def _guard(fn, *args) -> None:
+        # A bug in one callback must not kill the thread every client depends on.
+        try:
+            fn(*args)
+        except Exception:
+            log.exception("error in ipyparallel_ext I/O callback %r", fn)
+
+    def _shutdown(self) -> None:
+        for socket in list(self._handlers):
+            self.remove_socket(socket)
+        os.close(self._wake_r)
+        os.close(self._wake_w)

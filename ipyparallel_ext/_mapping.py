@@ -1,0 +1,49 @@
+"""Splitting sequences across engines and joining the parts again (scatter, gather, map)."""
+
+from __future__ import annotations
+
+import functools
+import operator
+
+
+def partition(seq, n: int, dist: str = "b") -> list:
+    """Split ``seq`` into ``n`` contiguous parts whose sizes differ by at most one.
+
+    Works on anything sliceable with ``len`` (lists, tuples, ranges, strings,
+    numpy arrays); other iterables are turned into lists first.
+
+    Raises
+    ------
+    ValueError
+        For a ``dist`` other than ``'b'`` (block distribution).
+    """
+    if dist != "b":
+        raise ValueError(f"only dist='b' (contiguous blocks) is supported, not {dist!r}")
+    if n < 1:
+        raise ValueError("cannot partition across zero engines")
+    if not hasattr(seq, "__getitem__") or not hasattr(seq, "__len__"):
+        seq = list(seq)
+    size, extra = divmod(len(seq), n)
+    parts = []
+    start = 0
+    for i in range(n):
+        stop = start + size + (i < extra)
+        parts.append(seq[start:stop])
+        start = stop
+    return parts
+
+
+def join(parts: list):
+    """Join parts made by :func:`partition`: arrays are concatenated, sequences added."""
+    if not parts:
+        return []
+    first = parts[0]
+    if type(first).__module__ == "numpy" and hasattr(first, "shape"):
+        import numpy
+
+        return numpy.concatenate(parts)
+    if isinstance(first, range):
+        parts = [list(p) for p in parts]
+    if not isinstance(first, (list, tuple, str, range)):
+        parts = [list(p) if not isinstance(p, list) else p for p in parts]
+    return functools.reduce(operator.add, parts)

@@ -1,0 +1,150 @@
+"""MessageRecord: everything known about one request (or one task of a batch).
+
+The I/O thread fills a record in as its reply and outputs arrive; user
+threads read it through :class:`~ipyparallel_ext.AsyncResult`.  A record
+finishes exactly once (:meth:`finish`), with a result payload or an error.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from datetime import datetime, timezone
+
+from . import _wire
+from .error import RemoteError
+
+# States of a record.
+PENDING = "pending"  # queued in the client, not sent
+SENT = "sent"  # on its way to, or running on, an engine
+DONE = "done"
+
+
+def _timestamp(seconds: float | None):
+    return None if seconds is None else datetime.fromtimestamp(seconds, timezone.utc)
+
+
+class MessageRecord:
+    """One unit of work and what came back for it.
+
+    Parameters
+    ----------
+    op : str
+        ``'apply'``, ``'execute'``, ``'push'``, ``'pull'``, ``'clear'``, ``'pickler'``.
+    frames : list
+        Payload frames (pickle bytes and out-of-band buffers).
+    spec : dict
+        JSON-able description of the operation, sent as ``metadata["ipp_ext"]``.
+    """
+
+    __slots__ = (
+        "msg_id", "op", "frames", "spec", "code", "engine_id", "state",
+        "submitted", "sent", "started", "completed", "received",
+        "status", "error", "result_frames", "pickler",
+        "stdout", "stderr", "outputs", "execute_result", "execute_input",
+        "outputs_ready", "_listeners", "_output_listeners", "_value", "_lock",
+        "task", "__weakref__",
+    )
+
+    def __init__(self, msg_id, op, frames=(), spec=None, code=None, pickler="pickle"):
+        self.msg_id = msg_id
+        self.op = op
+        self.frames = list(frames)
+        self.spec = spec if spec is not None else {"op": op}
+        self.code = code
+        self.pickler = pickler
+        self.engine_id = None
+        self.state = PENDING
+        self.submitted = time.time()
+        self.sent = self.started = self.completed = self.received = None
+        self.status = None
+        self.error = None
+        self.result_frames = None
+        self.stdout = ""
+        self.stderr = ""
+        self.outputs = []
+        self.execute_result = None
+        self.execute_input = None
+        self.outputs_ready = threading.Event()
+        self._listeners = []
+        self._output_listeners = []
+        self._value = self._lock = None
+        self.task = None  # load-balancing bookkeeping, owned by the scheduler
+
+    # -- I/O thread -----------------------------------------------------------
+
+    def add_done_listener(self, fn) -> None:
+        """Call ``fn(record)`` once the record is done (at once if it is)."""
+        if self.state == DONE:
+            fn(self)
+        else:
+            self._listeners.append(fn)
+
+    def add_output_listener(self, fn) -> None:
+        """Call ``fn(record, kind, content)`` for each output as it arrives (I/O thread)."""
+        self._output_listeners.append(fn)
+
+    def finish(self, status: str, error: BaseException | None = None, result_frames=None,
+               started=None, completed=None) -> bool:
+        """Complete the record; returns False if it was already done."""
+        if self.state == DONE:
+            return False
+        self.state = DONE
+        self.status = status
+        self.error = error
+        self.result_frames = result_frames
+        self.started = started if started is not None else self.started
+        self.completed = completed
+        self.received = time.time()
+        self.frames = []  # let payload memory go as soon as possible
+        listeners, self._listeners = self._listeners, []
+        for fn in listeners:
+            fn(self)
+        return True
+
+    def add_output(self, kind: str, content: dict) -> None:
+        """Record one IOPub output of this request."""
+        if kind == "stream":
+            if content.get("name") == "stderr":
+                self.stderr += content.get("text", "")
+            else:
+                self.stdout += content.get("text", "")
+        elif kind == "execute_result":
+            self.execute_result = content
+        elif kind == "execute_input":
+            self.execute_input = content.get("code")
+        elif kind in ("display_data", "update_display_data", "clear_output", "error"):
+            self.outputs.append({"type": kind, **content})
+        for fn in self._output_listeners:
+            fn(self, kind, content)
+
+    # -- any thread -----------------------------------------------------------
+
+    def value(self):
+        """The result object, unpickled once, on first use, in the caller's thread."""
+        if self.error is not None:
+            return self.error
+        if self._value is None:
+            value = _wire.deserialize(self.result_frames, self.pickler) if self.result_frames else None
+            self._value = (value,)
+            self.result_frames = None
+        return self._value[0]
+
+    @property
+    def metadata(self) -> dict:
+        """ipyparallel-style metadata of this request."""
+        return {
+            "msg_id": self.msg_id,
+            "engine_id": self.engine_id,
+            "submitted": _timestamp(self.submitted),
+            "started": _timestamp(self.started),
+            "completed": _timestamp(self.completed),
+            "received": _timestamp(self.received),
+            "status": self.status,
+            "stdout": self.stdout,
+            "stderr": self.stderr,
+            "outputs": self.outputs,
+            "execute_result": self.execute_result,
+            "execute_input": self.execute_input,
+            "error": self.error if isinstance(self.error, RemoteError) else None,
+        }

@@ -1,0 +1,387 @@
+"""Views: View (shared flags and API) and DirectView (work on named engines).
+
+A view turns a call (apply, push, pull, execute, ...) into records, hands
+them to :meth:`Client.submit` and returns an :class:`AsyncResult`.  Views use
+only the client's public methods.
+"""
+
+from __future__ import annotations
+
+import builtins
+import contextlib
+import os
+
+from . import _engine_code, _mapping, _wire
+from ._asyncresult import AsyncMapResult, AsyncResult
+from ._remotefunction import ParallelFunction, RemoteFunction
+
+
+class View:
+    """Flags and methods shared by DirectView and LoadBalancedView.
+
+    Flags (set with :meth:`set_flags`, :meth:`temp_flags` or as attributes):
+
+    block : bool
+        Wait for results (``apply`` behaves as ``apply_sync``).
+    track : bool
+        Track when zmq is done with the send buffers (``ar.wait_for_send()``).
+    targets
+        The engines the view sends to.
+    """
+
+    _flag_names = ("block", "track", "targets")
+
+    def __init__(self, client, targets=None, block=False, track=False, **flags):
+        self.client = client
+        self.block = block
+        self.track = track
+        self.targets = targets
+        self.history: list = []
+        self.set_flags(**flags)
+
+    # -- flags ------------------------------------------------------------------------
+
+    def set_flags(self, **flags) -> None:
+        """Set flags, e.g. ``view.set_flags(block=True)``.
+
+        Raises
+        ------
+        KeyError
+            For a flag this view does not have.
+        """
+        for name, value in flags.items():
+            if name not in self._flag_names:
+                raise KeyError(f"invalid flag {name!r} for {type(self).__name__} (flags: {self._flag_names})")
+            setattr(self, name, value)
+
+    @contextlib.contextmanager
+    def temp_flags(self, **flags):
+        """Set flags for the duration of a ``with`` block."""
+        saved = {name: getattr(self, name) for name in flags}
+        self.set_flags(**flags)
+        try:
+            yield
+        finally:
+            self.set_flags(**saved)
+
+    def _flags(self, **overrides) -> dict:
+        """The view's flags, with the non-None ``overrides`` on top."""
+        flags = {name: getattr(self, name) for name in self._flag_names}
+        flags.update((k, v) for k, v in overrides.items() if v is not None)
+        return flags
+
+    def _finish(self, ar: AsyncResult, block: bool):
+        self.history.extend(ar.msg_ids)
+        return ar.get() if block else ar
+
+    # -- apply ------------------------------------------------------------------------
+
+    def apply(self, f, *args, **kwargs):
+        """Call ``f(*args, **kwargs)`` remotely; blocks if ``self.block``."""
+        return self._really_apply(f, args, kwargs)
+
+    def apply_async(self, f, *args, **kwargs) -> AsyncResult:
+        """Call ``f(*args, **kwargs)`` remotely; return an AsyncResult at once."""
+        return self._really_apply(f, args, kwargs, block=False)
+
+    def apply_sync(self, f, *args, **kwargs):
+        """Call ``f(*args, **kwargs)`` remotely and wait for the result."""
+        return self._really_apply(f, args, kwargs, block=True)
+
+    def _really_apply(self, f, args, kwargs, block=None, track=None, targets=None):
+        raise NotImplementedError
+
+    # -- map ----------------------------------------------------------------------------
+
+    def map(self, f, *sequences, block=None, **kwargs):
+        """Map ``f`` over ``sequences`` remotely (blocks if ``self.block``)."""
+        return self._map(f, sequences, block=block, **kwargs)
+
+    def map_async(self, f, *sequences, **kwargs) -> AsyncMapResult:
+        """Map ``f`` over ``sequences``; return an AsyncMapResult at once."""
+        return self._map(f, sequences, block=False, **kwargs)
+
+    def map_sync(self, f, *sequences, **kwargs):
+        """Map ``f`` over ``sequences`` and wait for the list of results."""
+        return self._map(f, sequences, block=True, **kwargs)
+
+    def imap(self, f, *sequences, **kwargs):
+        """Like :meth:`map_async`, but an iterator over results as they are ready."""
+        return iter(self._map(f, sequences, block=False, **kwargs))
+
+    def _map(self, f, sequences, block=None, **kwargs):
+        raise NotImplementedError
+
+    # -- decorators ------------------------------------------------------------------------
+
+    def remote(self, block=None, **flags):
+        """Decorator: calling the function runs it remotely, through this view."""
+        return lambda f: RemoteFunction(self, f, block=block, **flags)
+
+    def parallel(self, dist="b", block=None, **flags):
+        """Decorator: the function is called on partitions of its sequence arguments.
+
+        ``f.map(seq)`` maps it element by element instead.
+        """
+        return lambda f: ParallelFunction(self, f, dist=dist, block=block, **flags)
+
+    # -- results and bookkeeping ----------------------------------------------------------
+
+    def wait(self, jobs=None, timeout=-1) -> bool:
+        """Wait for ``jobs`` (default: this view's outstanding work); True if all done."""
+        return self.client.wait(self.history if jobs is None else jobs, timeout)
+
+    def spin(self) -> None:
+        """Kept for compatibility; nothing to do."""
+
+    def get_result(self, indices_or_msg_ids=None, block=None, owner=False):
+        """An AsyncResult for earlier requests of this view's client."""
+        return self.client.get_result(indices_or_msg_ids, block=block, owner=owner)
+
+    def purge_results(self, jobs=(), targets=()) -> None:
+        """Forget finished results (see :meth:`Client.purge_results`)."""
+        self.client.purge_results(jobs, targets)
+        if jobs == "all":
+            self.history.clear()
+
+    def queue_status(self, targets=None, verbose=False) -> dict:
+        """Queue lengths of this view's engines."""
+        return self.client.queue_status(self._flags(targets=targets)["targets"] or "all", verbose)
+
+    def abort(self, jobs=None, targets=None, block=None) -> None:
+        """Abort work that has not started yet (default: all of this view's)."""
+        self.client.abort(self.history if jobs is None else jobs,
+                          targets=self._flags(targets=targets)["targets"], block=block)
+
+    def shutdown(self, targets=None, restart=False, hub=False, block=None) -> None:
+        """Stop (or restart) this view's engines."""
+        self.client.shutdown(self._flags(targets=targets)["targets"] or "all", restart, hub, block)
+
+    @property
+    def outstanding(self) -> set:
+        """msg_ids of this view's unfinished requests."""
+        return self.client.outstanding & set(self.history)
+
+    @property
+    def results(self) -> dict:
+        """msg_id -> result of this view's finished requests."""
+        mine = set(self.history)
+        return {m: v for m, v in self.client.results.items() if m in mine}
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.targets!r}>"
+
+
+class DirectView(View):
+    """Work on explicitly named engines: ``rc[0]``, ``rc[:]``, ``rc.direct_view()``.
+
+    Results come back one per engine (a list), or the value itself when the
+    view targets a single engine id (``rc[0]``).
+    """
+
+    def _targets(self, targets=None) -> tuple[list, bool]:
+        targets = self._flags(targets=targets)["targets"]
+        single = isinstance(targets, int) and not isinstance(targets, bool)
+        return self.client.resolve_targets(targets), single
+
+    def _send(self, op, engine_ids, single, block, fname, frames=(), spec=None, code=None,
+              postprocess=None, join=None, track=False):
+        """One record per engine, sent together; the AsyncResult, or its value if ``block``."""
+        records = []
+        for eid in engine_ids:
+            record = self.client.new_record(op, frames=frames, spec=dict(spec or {"op": op}), code=code)
+            if track:
+                record.spec["track"] = True
+            records.append(record)
+        ar = AsyncResult(self.client, records, fname=fname, single=single,
+                         postprocess=postprocess, join=join)
+        self.client.submit(zip(engine_ids, records))
+        return self._finish(ar, self._flags(block=block)["block"])
+
+    def _really_apply(self, f, args, kwargs, block=None, track=None, targets=None):
+        if not callable(f):
+            raise TypeError(f"apply needs a callable, not {f!r}")
+        ids, single = self._targets(targets)
+        frames = _wire.serialize_call(f, args, kwargs, self.client._pickler)
+        return self._send("apply", ids, single, block, getattr(f, "__name__", "apply"), frames,
+                          track=self._flags(track=track)["track"])
+
+    def execute(self, code: str, silent=True, targets=None, block=None):
+        """Run ``code`` on the engines, in their namespaces.
+
+        With ``silent=False`` the engines count it as a cell: expression
+        results are published (``Out[0:3]``) and kept in their history.
+        """
+        if not isinstance(code, str):
+            raise TypeError(f"execute needs a string of code, not {type(code).__name__}")
+        ids, single = self._targets(targets)
+        return self._send("execute", ids, single, block, "execute",
+                          spec={"op": "execute", "silent": bool(silent)}, code=code)
+
+    def run(self, filename, targets=None, block=None):
+        """Run the code in ``filename`` on the engines."""
+        with open(os.fspath(filename)) as f:
+            code = f.read()
+        return self.execute(code, targets=targets, block=block)
+
+    def push(self, ns: dict, targets=None, block=None, track=None):
+        """Set the variables in ``ns`` in each engine's namespace."""
+        if not isinstance(ns, dict):
+            raise TypeError(f"push needs a dict of names to values, not {type(ns).__name__}")
+        ids, single = self._targets(targets)
+        frames = _wire.serialize(ns, self.client._pickler, f"pushed values {sorted(ns)}")
+        return self._send("push", ids, single, block, "push", frames,
+                          track=self._flags(track=track)["track"])
+
+    update = push
+
+    def pull(self, names, targets=None, block=None):
+        """Get variables (a name, or a list of names) from each engine's namespace."""
+        one = isinstance(names, str)
+        name_list = [names] if one else list(names)
+        for name in name_list:
+            if not isinstance(name, str):
+                raise TypeError(f"pull takes variable names, not {name!r}")
+        ids, single = self._targets(targets)
+        postprocess = (lambda values: values[0]) if one else list
+        return self._send("pull", ids, single, block, "pull",
+                          spec={"op": "pull", "names": name_list}, postprocess=postprocess)
+
+    def get(self, key_s):
+        """Pull a variable (or several), blocking."""
+        return self.pull(key_s, block=True)
+
+    def __getitem__(self, key):
+        return self.get(key)
+
+    def __setitem__(self, key, value) -> None:
+        self.push({key: value}, block=True)
+
+    def scatter(self, key, seq, dist="b", flatten=False, targets=None, block=None, track=None):
+        """Split ``seq`` into one contiguous part per engine and push it as ``key``.
+
+        With ``flatten=True`` a part of one element is pushed as the element.
+        """
+        ids, _single = self._targets(targets)
+        parts = _mapping.partition(seq, len(ids), dist)
+        records = []
+        pickler = self.client._pickler
+        track = self._flags(track=track)["track"]
+        for eid, part in zip(ids, parts):
+            if flatten and len(part) == 1:
+                part = part[0]
+            frames = _wire.serialize({key: part}, pickler, f"part of {key!r}")
+            record = self.client.new_record("push", frames=frames)
+            if track:
+                record.spec["track"] = True
+            records.append(record)
+        ar = AsyncResult(self.client, records, fname="scatter")
+        self.client.submit(zip(ids, records))
+        return self._finish(ar, self._flags(block=block)["block"])
+
+    def gather(self, key, dist="b", targets=None, block=None):
+        """Pull ``key`` from each engine and join the parts (lists, tuples, arrays)."""
+        ids, _single = self._targets(targets)
+        return self._send("pull", ids, False, block, "gather",
+                          spec={"op": "pull", "names": [key]},
+                          postprocess=lambda values: values[0], join=_mapping.join)
+
+    def clear(self, targets=None, block=None):
+        """Clear the engines' namespaces."""
+        ids, single = self._targets(targets)
+        return self._send("clear", ids, single, block, "clear")
+
+    def _apply_per_engine(self, f, ids, calls, block=None, join=None, chunk_sizes=None):
+        """Call ``f(*calls[i])`` on engine ``ids[i]``; one AsyncResult over all of them."""
+        pickler = self.client._pickler
+        records = [self.client.new_record("apply", frames=_wire.serialize_call(f, args, {}, pickler))
+                   for args in calls]
+        name = getattr(f, "__name__", "apply")
+        if chunk_sizes is not None:
+            ar = AsyncMapResult(self.client, records, fname=name, chunk_sizes=chunk_sizes)
+        else:
+            ar = AsyncResult(self.client, records, fname=name, join=join)
+        self.client.submit(zip(ids, records))
+        return self._finish(ar, self._flags(block=block)["block"])
+
+    def _map(self, f, sequences, block=None, **kwargs):
+        """One chunk per engine: engine ``i`` maps ``f`` over part ``i`` of each sequence."""
+        if kwargs:
+            raise TypeError(f"DirectView.map got unexpected arguments {sorted(kwargs)}")
+        if not sequences:
+            raise TypeError("map needs at least one sequence")
+        ids, _single = self._targets()
+        length = min(len(s) for s in sequences)
+        parts = [_mapping.partition(s[:length] if len(s) > length else s, len(ids)) for s in sequences]
+        calls = [(f, *(p[i] for p in parts)) for i in range(len(ids))]
+        sizes = [len(parts[0][i]) for i in range(len(ids))]
+        return self._apply_per_engine(_engine_code.map_chunk, ids, calls, block, chunk_sizes=sizes)
+
+    # -- picklers ------------------------------------------------------------------------
+
+    def _use_pickler(self, name: str):
+        _engine_code.pickler_module(name)  # fails here, clearly, if it is not installed
+        ids, single = self._targets()
+        ar = self._send("pickler", ids, single, False, f"use_{name}", spec={"op": "pickler", "name": name})
+        ar.get()
+        self.client._pickler = name
+        return ar
+
+    def use_dill(self):
+        """Pickle with dill, here and on the engines (dill must be installed on both)."""
+        return self._use_pickler("dill")
+
+    def use_cloudpickle(self):
+        """Pickle with cloudpickle, here and on the engines."""
+        return self._use_pickler("cloudpickle")
+
+    def use_pickle(self):
+        """Go back to the default pickling (stdlib pickle, functions by value)."""
+        return self._use_pickler("pickle")
+
+    # -- imports ---------------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def sync_imports(self, local=True, quiet=False):
+        """Run the ``import`` statements of a ``with`` block on the engines too.
+
+        ::
+
+            with dv.sync_imports():
+                import numpy
+        """
+        real_import = builtins.__import__
+
+        def view_import(name, globals=None, locals=None, fromlist=(), level=0):
+            module = real_import(name, globals, locals, fromlist, level) if local else None
+            caller = (globals or {}).get("__name__")
+            if level == 0 and caller in (None, "__main__") and not getattr(view_import, "busy", False):
+                view_import.busy = True
+                try:
+                    self.importer(name, fromlist, quiet)
+                finally:
+                    view_import.busy = False
+            return module
+
+        builtins.__import__ = view_import
+        try:
+            yield
+        finally:
+            builtins.__import__ = real_import
+
+    def importer(self, name, fromlist=(), quiet=False):
+        """Import ``name`` (``from name import fromlist``) on this view's engines."""
+        if fromlist:
+            statement = f"from {name} import {', '.join(fromlist)}"
+        else:
+            statement = f"import {name}"
+        if not quiet:
+            print(f"importing {', '.join(fromlist) if fromlist else name}"
+                  f"{' from ' + name if fromlist else ''} on engine(s)")
+        self.execute(statement, block=True)
+
+    def activate(self, suffix=""):
+        """Register ``%px``, ``%%px``, ``%autopx``, ``%pxresult``, ``%pxconfig`` for this view."""
+        from . import _magics
+
+        _magics.activate(self, suffix)

@@ -1,0 +1,717 @@
+"""Side-by-side benchmarks of ipyparallel 9.2 and ipyparallel_ext on the same workloads.
+
+Run ``python tests/benchmarks/run.py`` (``--help`` for options). The parent process starts one
+child process per library (``import ipyparallel as ipp`` / ``import ipyparallel_ext as ipp``),
+each running every workload through exactly the same code, and prints one table comparing them
+against the project's targets. Children report through a JSON file rewritten after every workload,
+so a child that is killed on its deadline still leaves what it measured.
+
+Cleanup is checked, not hoped for: the parent marks itself a child subreaper (Linux), so any
+process a child started (controller, nannies, engines, kernels) that outlives the child is
+re-parented to us; whatever is still alive a few seconds after a child exits is reported as a leak
+and killed by pid.
+
+Exit status: 0 when every ext target passes (or ext was not run), 1 when one fails.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import gc
+import hashlib
+import importlib
+import json
+import os
+import platform
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import traceback
+from dataclasses import dataclass
+from pathlib import Path
+
+import psutil
+
+MODULES = {"ipp": "ipyparallel", "ext": "ipyparallel_ext"}
+TITLES = {"ipp": "ipyparallel 9.2", "ext": "ipyparallel_ext"}
+REPO = Path(__file__).resolve().parents[2]
+N_ENGINES = 2
+MB = 1_000_000  # decimal megabyte: GB/s figures compare with KERNEL-FACTS.md
+
+
+# --------------------------------------------------------------------------------------------
+# Workload sizes
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Params:
+    repeat: int
+    apply_warm: int = 50
+    apply_calls: int = 500
+    push_mb: int = 100
+    map_tasks: int = 2000
+    async_tasks: int = 5000
+    sleep_tasks: int = 200
+    sleep_s: float = 0.01
+    px_warm: int = 20
+    px_calls: int = 200
+    mem_from: int = 5000
+    mem_to: int = 20000
+    mem_batch: int = 1000
+
+    @classmethod
+    def make(cls, quick: bool, repeat: int | None) -> Params:
+        if not quick:
+            return cls(repeat=repeat or 3)
+        return cls(
+            repeat=repeat or 1,
+            apply_warm=10,
+            apply_calls=100,
+            map_tasks=500,
+            async_tasks=1000,
+            px_warm=5,
+            px_calls=50,
+            mem_from=1000,
+            mem_to=4000,
+        )
+
+
+# --------------------------------------------------------------------------------------------
+# Functions sent to engines. This file runs as __main__ in the child, so both libraries ship
+# them by value (an engine could not import this module).
+# --------------------------------------------------------------------------------------------
+
+
+def noop():
+    return None
+
+
+def identity(x):
+    return x
+
+
+def snooze(t):
+    import time
+
+    time.sleep(t)
+    return t
+
+
+# --------------------------------------------------------------------------------------------
+# Child side: run the workloads against one library
+# --------------------------------------------------------------------------------------------
+
+
+class WorkloadTimeout(Exception):
+    """A workload ran past its deadline."""
+
+
+@contextlib.contextmanager
+def deadline(seconds: float):
+    """Raise WorkloadTimeout in the main thread after `seconds` (a backstop for blocking calls)."""
+
+    def on_alarm(signum, frame):
+        raise WorkloadTimeout(f"no result within {seconds:.0f} s")
+
+    old = signal.signal(signal.SIGALRM, on_alarm)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, old)
+
+
+def median(xs):
+    return statistics.median(xs)
+
+
+def digest(arr) -> str:
+    import numpy as np
+
+    return hashlib.sha1(np.ascontiguousarray(arr).data).hexdigest()
+
+
+def rss_bytes() -> int:
+    return psutil.Process().memory_info().rss
+
+
+def history_bytes(rc) -> int | None:
+    history = getattr(rc, "history", None)
+    if history is None:
+        return None
+    return sys.getsizeof(history) + sum(sys.getsizeof(h) for h in history)
+
+
+def cluster_kwargs(lib: str) -> dict:
+    # ipyparallel's controller and engines are chatty at the default level
+    return {"n": N_ENGINES, "log_level": 40} if lib == "ipp" else {"n": N_ENGINES}
+
+
+def start_cluster(ipp, lib):
+    """Start a cluster and return (cluster, client); the cluster is stopped if that fails."""
+    cluster = ipp.Cluster(**cluster_kwargs(lib))
+    rc = None
+    try:
+        rc = cluster.start_and_connect_sync()
+        rc.wait_for_engines(N_ENGINES, timeout=60)
+    except BaseException:
+        stop_cluster(cluster, rc)
+        raise
+    return cluster, rc
+
+
+def stop_cluster(cluster, rc):
+    if rc is not None:
+        try:
+            rc.close()
+        except Exception:
+            traceback.print_exc()
+    cluster.stop_cluster_sync()
+
+
+class Child:
+    """Runs the workloads for one library and records them in a JSON file."""
+
+    def __init__(self, lib: str, params: Params, out: Path, progress):
+        self.lib = lib
+        self.P = params
+        self.out = out
+        self.progress = progress
+        self.ipp = None
+        self.cluster = None
+        self.rc = None
+        self.data = {"library": lib, "module": MODULES[lib], "params": vars(params), "workloads": {}}
+        self.save()
+
+    def save(self):
+        tmp = self.out.with_suffix(".tmp")
+        tmp.write_text(json.dumps(self.data, indent=1))
+        tmp.replace(self.out)
+
+    def say(self, msg):
+        print(f"  [{self.lib}] {msg}", file=self.progress, flush=True)
+
+    def record(self, name, timeout, fn):
+        entry = self.data["workloads"][name] = {}
+        t0 = time.perf_counter()
+        try:
+            with deadline(timeout):
+                metrics, samples = fn()
+        except Exception as e:
+            traceback.print_exc()
+            entry["error"] = f"{type(e).__name__}: {e}".strip().splitlines()[0]
+            self.say(f"{name}: error: {entry['error']}")
+        else:
+            entry["metrics"], entry["samples"] = metrics, samples
+            shown = ", ".join(f"{k}={v:.4g}" for k, v in metrics.items() if v is not None)
+            self.say(f"{name}: {shown}")
+        entry["wall_s"] = time.perf_counter() - t0
+        self.save()
+
+    def fail_all(self, names, reason):
+        for name in names:
+            self.data["workloads"][name] = {"error": reason}
+        self.save()
+
+    # -- the run ---------------------------------------------------------------------------
+
+    def run(self):
+        P = self.P
+        shared = [
+            ("apply_sync", 60, self.wl_apply_sync),
+            ("push_pull", 120, self.wl_push_pull),
+            ("map", 60 + 15 * P.repeat, self.wl_map),
+            ("apply_async", 60 + 30 * P.repeat, self.wl_apply_async),
+            ("sleep", 30 + 5 * P.repeat, self.wl_sleep),
+            ("px", 60, self.wl_px),
+            ("memory", 240, self.wl_memory),
+        ]
+        try:
+            self.ipp = importlib.import_module(MODULES[self.lib])
+        except Exception as e:
+            self.data["import_error"] = f"{type(e).__name__}: {e}"
+            self.fail_all(["start"] + [n for n, _, _ in shared], "not importable: " + str(e))
+            return
+        self.data["version"] = getattr(self.ipp, "__version__", "?")
+        # the last cluster "start" brings up serves the other workloads
+        self.record("start", 90 * P.repeat, self.wl_start)
+        try:
+            if self.rc is None:
+                with deadline(120):
+                    self.cluster, self.rc = start_cluster(self.ipp, self.lib)
+        except Exception as e:
+            traceback.print_exc()
+            self.fail_all([n for n, _, _ in shared], f"cluster start failed: {type(e).__name__}: {e}")
+            return
+        try:
+            for name, timeout, fn in shared:
+                self.record(name, timeout, fn)
+        finally:
+            with deadline(60):
+                t0 = time.perf_counter()
+                stop_cluster(self.cluster, self.rc)
+                self.add_stop_time(time.perf_counter() - t0)
+
+    def add_stop_time(self, seconds):
+        start = self.data["workloads"].get("start", {})
+        if "metrics" in start:
+            start["samples"]["stop_s"].append(seconds)
+            start["metrics"]["stop_s"] = median(start["samples"]["stop_s"])
+            self.save()
+
+    # -- workloads: each returns (metrics, samples) ------------------------------------------
+
+    def wl_start(self):
+        totals, stops = [], []
+        for i in range(self.P.repeat):
+            t0 = time.perf_counter()
+            cluster, rc = start_cluster(self.ipp, self.lib)
+            totals.append(time.perf_counter() - t0)
+            if i == self.P.repeat - 1:
+                self.cluster, self.rc = cluster, rc  # stopped (and timed) at the end of the run
+                break
+            t1 = time.perf_counter()
+            stop_cluster(cluster, rc)
+            stops.append(time.perf_counter() - t1)
+        metrics = {"total_s": median(totals), "stop_s": median(stops) if stops else None}
+        return metrics, {"total_s": totals, "stop_s": stops}
+
+    def wl_apply_sync(self):
+        e0 = self.rc[0]
+        per_repeat = []
+        for _ in range(self.P.repeat):
+            for _ in range(self.P.apply_warm):
+                e0.apply_sync(noop)
+            times = []
+            for _ in range(self.P.apply_calls):
+                t0 = time.perf_counter()
+                e0.apply_sync(noop)
+                times.append(time.perf_counter() - t0)
+            per_repeat.append(median(times))
+        return {"ms": 1e3 * median(per_repeat)}, {"median_ms_per_repeat": [1e3 * t for t in per_repeat]}
+
+    def wl_push_pull(self):
+        import numpy as np
+
+        e0 = self.rc[0]
+        nbytes = self.P.push_mb * MB
+        arr = np.random.default_rng(0).random(nbytes // 8)
+        push_s, pull_s = [], []
+        try:
+            for i in range(1 + self.P.repeat):  # the first round is the warm-up
+                arr[0] = i  # fresh content every round: a stale copy cannot pass the checks
+                want = digest(arr)
+                t0 = time.perf_counter()
+                e0.push({"a": arr}, block=True)
+                t1 = time.perf_counter()
+                got = e0.pull("a", block=True)
+                t2 = time.perf_counter()
+                if got.shape != arr.shape or got.dtype != arr.dtype or digest(got) != want:
+                    raise AssertionError("pulled array differs from the pushed one")
+                del got
+                # and the engine holds the right bytes, checked there
+                e0.execute("import hashlib as _h; _d = _h.sha1(a.data).hexdigest()", block=True)
+                if e0.pull("_d", block=True) != want:
+                    raise AssertionError("array on the engine differs from the pushed one")
+                if i:
+                    push_s.append(t1 - t0)
+                    pull_s.append(t2 - t1)
+        finally:
+            e0.push({"a": None, "_d": None}, block=True)
+        gb = nbytes / 1e9
+        ps, ls = median(push_s), median(pull_s)
+        metrics = {"push_s": ps, "push_GBps": gb / ps, "pull_s": ls, "pull_GBps": gb / ls}
+        return metrics, {"push_s": push_s, "pull_s": pull_s}
+
+    def wl_map(self):
+        lv = self.rc.load_balanced_view()
+        n = self.P.map_tasks
+        lv.map_sync(identity, range(200))
+        times = []
+        for _ in range(self.P.repeat):
+            t0 = time.perf_counter()
+            result = lv.map_sync(identity, range(n))
+            times.append(time.perf_counter() - t0)
+            if list(result) != list(range(n)):
+                raise AssertionError("map returned wrong results")
+        return {"tasks_per_s": n / median(times)}, {"s": times}
+
+    def wl_apply_async(self):
+        lv = self.rc.load_balanced_view()
+        n = self.P.async_tasks
+        times = []
+        for _ in range(self.P.repeat):
+            t0 = time.perf_counter()
+            ars = [lv.apply_async(identity, i) for i in range(n)]
+            if self.rc.wait(ars, timeout=120) is False:
+                raise TimeoutError("rc.wait timed out")
+            times.append(time.perf_counter() - t0)
+            if [ar.get(timeout=10) for ar in ars] != list(range(n)):
+                raise AssertionError("apply_async returned wrong results")
+            del ars
+        return {"tasks_per_s": n / median(times)}, {"s": times}
+
+    def wl_sleep(self):
+        lv = self.rc.load_balanced_view()
+        args = [self.P.sleep_s] * self.P.sleep_tasks
+        times = []
+        for _ in range(self.P.repeat):
+            t0 = time.perf_counter()
+            lv.map_sync(snooze, args)
+            times.append(time.perf_counter() - t0)
+        return {"s": median(times)}, {"s": times}
+
+    def wl_px(self):
+        from IPython.core.interactiveshell import InteractiveShell
+        from traitlets.config import Config
+
+        config = Config()
+        config.HistoryManager.enabled = False  # no sqlite file for a throwaway shell
+        ip = InteractiveShell.instance(config=config)
+        dv = self.rc[:]
+        # Views (and so %px) are non-blocking by default in both libraries; a blocking view makes
+        # the timing cover the whole round trip, as a user waiting for %px sees it.
+        dv.block = True
+        dv.activate()
+        per_repeat = []
+        for _ in range(self.P.repeat):
+            for _ in range(self.P.px_warm):
+                ip.run_line_magic("px", "a=1")
+            times = []
+            for _ in range(self.P.px_calls):
+                t0 = time.perf_counter()
+                ip.run_line_magic("px", "a=1")
+                times.append(time.perf_counter() - t0)
+            per_repeat.append(median(times))
+        if dv.pull("a", block=True) != [1] * N_ENGINES:
+            raise AssertionError("%px a=1 did not set a on every engine")
+        return {"ms": 1e3 * median(per_repeat)}, {"median_ms_per_repeat": [1e3 * t for t in per_repeat]}
+
+    def wl_memory(self):
+        P, rc = self.P, self.rc
+        lv = rc.load_balanced_view()
+        series = []  # (tasks done, rss, history bytes, history length)
+        done = 0
+        while done < P.mem_to:
+            ars = [lv.apply_async(identity, i) for i in range(P.mem_batch)]
+            if rc.wait(ars, timeout=120) is False:
+                raise TimeoutError("rc.wait timed out")
+            del ars
+            rc.purge_results("all")
+            done += P.mem_batch
+            gc.collect()
+            history = getattr(rc, "history", None)
+            series.append((done, rss_bytes(), history_bytes(rc), None if history is None else len(history)))
+        at = {row[0]: row for row in series}
+        (_, rss0, hist0, _), (_, rss1, hist1, hlen) = at[P.mem_from], at[P.mem_to]
+        growth = (rss1 - rss0) / MB
+        metrics = {
+            "growth_MB": growth,
+            "history_len": hlen,
+            "history_growth_MB": None if hist0 is None else (hist1 - hist0) / MB,
+            "growth_minus_history_MB": None if hist0 is None else growth - (hist1 - hist0) / MB,
+            "rss_MB": rss1 / MB,
+        }
+        return metrics, {"series": series}
+
+
+def reap_descendants(grace: float) -> list[str]:
+    """Wait up to `grace` s for this process's descendants to exit; kill the rest by pid."""
+    procs = psutil.Process().children(recursive=True)
+    _, alive = psutil.wait_procs(procs, timeout=grace)
+    leaked = []
+    for p in alive:
+        with contextlib.suppress(psutil.Error):
+            leaked.append(f"{p.pid} {' '.join(p.cmdline())[:150]}")
+            p.terminate()
+    _, alive = psutil.wait_procs(alive, timeout=3)
+    for p in alive:
+        with contextlib.suppress(psutil.Error):
+            p.kill()
+    psutil.wait_procs(alive, timeout=3)
+    return leaked
+
+
+def child_main(args):
+    # Our progress lines go to the terminal; everything the library, its controller and engines
+    # print (logs, progress bars) goes to the log file.
+    progress = open(os.dup(2), "w", buffering=1)
+    with open(args.log, "ab") as log:
+        os.dup2(log.fileno(), 1)
+        os.dup2(log.fileno(), 2)
+    child = Child(args.child, Params.make(args.quick, args.repeat), Path(args.out), progress)
+    try:
+        child.run()
+    finally:
+        leaked = reap_descendants(grace=10)
+        child.data["leaked"] = leaked
+        child.save()
+        if leaked:
+            child.say(f"LEAKED processes (killed): {leaked}")
+
+
+# --------------------------------------------------------------------------------------------
+# Parent side: run the children, compare, judge
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Row:
+    key: str  # "workload.metric"
+    label: str
+    fmt: str
+    target: tuple | None = None  # (kind, value): le/ge/lt on ext's value, rle/rge on ext/ipp
+    ref: float | None = None  # ipyparallel 9.2 on this kind of machine, from KERNEL-FACTS.md
+
+
+def rows_for(P: Params) -> list[Row]:
+    n_sleep = f"sleep({P.sleep_s:g}) x{P.sleep_tasks}"
+    return [
+        Row("start.total_s", f"start {N_ENGINES} engines to usable client [s]", "{:.2f}", ("le", 1.5), 6.5),
+        Row("start.stop_s", "stop cluster [s]", "{:.2f}"),
+        Row("apply_sync.ms", "apply_sync round trip, 1 engine [ms]", "{:.3f}", ("rle", 0.75), 2.06),
+        Row("push_pull.push_s", f"push {P.push_mb} MB [s]", "{:.3f}", None, 0.29),
+        Row("push_pull.push_GBps", f"push {P.push_mb} MB [GB/s]", "{:.2f}", ("ge", 1.0), 0.345),
+        Row("push_pull.pull_s", f"pull {P.push_mb} MB [s]", "{:.3f}", None, 0.185),
+        Row("push_pull.pull_GBps", f"pull {P.push_mb} MB [GB/s]", "{:.2f}", ("ge", 1.0), 0.54),
+        Row("map.tasks_per_s", f"lb map_sync {P.map_tasks} tiny [tasks/s]", "{:.0f}", ("rge", 3.0), 505),
+        Row("apply_async.tasks_per_s", f"{P.async_tasks} apply_async+wait [tasks/s]", "{:.0f}", ("rge", 3.0), 460),
+        Row("sleep.s", f"lb map {n_sleep} [s]", "{:.3f}", ("le", 1.1), 1.32),
+        Row("px.ms", f"%px a=1, {N_ENGINES} engines [ms]", "{:.3f}", ("rle", 0.6), 4.15),
+        Row("memory.growth_MB", f"client RSS growth {P.mem_from // 1000}k->{P.mem_to // 1000}k tasks [MB]", "{:.1f}", ("lt", 20.0)),
+        Row("memory.growth_minus_history_MB", "  same, less rc.history [MB]", "{:.1f}"),
+        Row("memory.history_len", "  len(rc.history) at the end", "{:.0f}"),
+        Row("memory.rss_MB", "  client RSS at the end [MB]", "{:.0f}"),
+    ]
+
+
+def target_text(target) -> str:
+    if target is None:
+        return ""
+    kind, v = target
+    return {"le": f"<= {v:g}", "ge": f">= {v:g}", "lt": f"< {v:g}", "rle": f"<= {v:g}x ipp", "rge": f">= {v:g}x ipp"}[kind]
+
+
+def lookup(result: dict | None, key: str):
+    """(value, error) for 'workload.metric' in a child's result."""
+    if result is None:
+        return None, None
+    workload, metric = key.split(".")
+    entry = result.get("workloads", {}).get(workload)
+    if entry is None:
+        return None, "error: did not run (child died or timed out)"
+    if "error" in entry:
+        return None, "error: " + entry["error"]
+    return entry["metrics"].get(metric), None
+
+
+def judge(row: Row, ext, ipp):
+    """(ratio ext/ipp, verdict) for one row; ipp falls back to the reference number."""
+    base = ipp if ipp is not None else row.ref
+    ratio = ext / base if ext is not None and base else None
+    if row.target is None:
+        return ratio, ""
+    kind, v = row.target
+    if ext is None:
+        return ratio, "FAIL"
+    if kind in ("rle", "rge") and ratio is None:
+        return None, "?"
+    ok = {"le": ext <= v, "ge": ext >= v, "lt": ext < v,
+          "rle": ratio is not None and ratio <= v, "rge": ratio is not None and ratio >= v}[kind]
+    return ratio, "PASS" if ok else "FAIL"
+
+
+def build_table(P: Params, results: dict) -> tuple[list[list[str]], list[dict], bool]:
+    table = [["metric", TITLES["ipp"], TITLES["ext"], "ratio", "target (ext)", "PASS/FAIL"]]
+    records, any_fail = [], False
+    ipp_res, ext_res = results.get("ipp"), results.get("ext")
+    for row in rows_for(P):
+        ipp_v, ipp_err = lookup(ipp_res, row.key)
+        ext_v, ext_err = lookup(ext_res, row.key)
+        if ext_res is None:
+            ratio, verdict = None, ""
+        else:
+            ratio, verdict = judge(row, ext_v, ipp_v)
+        any_fail |= verdict == "FAIL"
+
+        def cell(v, err, res, ref=None):
+            if v is not None:
+                return row.fmt.format(v)
+            if err:
+                return err[:44]
+            if res is None and ref is not None:
+                return row.fmt.format(ref) + " (ref)"
+            return "-" if res is not None else ""
+
+        table.append([
+            row.label,
+            cell(ipp_v, ipp_err, ipp_res, row.ref if ext_res is not None else None),
+            cell(ext_v, ext_err, ext_res),
+            "" if ratio is None else f"{ratio:.2f}x",
+            target_text(row.target),
+            verdict,
+        ])
+        records.append({"metric": row.key, "label": row.label, "ipp": ipp_v, "ext": ext_v,
+                        "ipp_error": ipp_err, "ext_error": ext_err, "ref_ipp": row.ref,
+                        "ratio": ratio, "target": target_text(row.target), "verdict": verdict})
+    return table, records, any_fail
+
+
+def print_table(table):
+    widths = [max(len(r[i]) for r in table) for i in range(len(table[0]))]
+    for n, r in enumerate(table):
+        print("  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths))).rstrip())
+        if n == 0:
+            print("  ".join("-" * w for w in widths))
+
+
+def become_subreaper() -> bool:
+    """Make orphaned descendants re-parent to us (Linux), so leaks can be found and killed."""
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        return libc.prctl(36, 1, 0, 0, 0) == 0  # PR_SET_CHILD_SUBREAPER
+    except Exception:
+        return False
+
+
+def child_env(lib: str) -> dict:
+    env = dict(os.environ)
+    if lib == "ext":  # an uninstalled checkout: let the child and its kernels import it
+        for root in (REPO / "src", REPO):
+            if (root / MODULES["ext"]).is_dir():
+                env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(root), env.get("PYTHONPATH")]))
+                break
+    return env
+
+
+def run_child(lib: str, args, P: Params, workdir: Path) -> tuple[dict | None, str | None]:
+    out, log = workdir / f"{lib}.json", workdir / f"{lib}.log"
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--child", lib, "--out", str(out), "--log", str(log),
+           "--repeat", str(P.repeat)] + (["--quick"] if args.quick else [])
+    # A child's own deadlines normally fire first; this one only catches a wedged child.
+    budget = args.child_timeout or (420 + 150 * P.repeat)
+    print(f"{TITLES[lib]}: running (log {log}) ...", flush=True)
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(cmd, env=child_env(lib), start_new_session=True, stdin=subprocess.DEVNULL)
+    problem = None
+    try:
+        proc.wait(timeout=budget)
+    except (subprocess.TimeoutExpired, KeyboardInterrupt) as e:
+        problem = f"child exceeded {budget} s" if isinstance(e, subprocess.TimeoutExpired) else "interrupted"
+        proc.send_signal(signal.SIGINT)  # let it stop its cluster in its finally blocks
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        if isinstance(e, KeyboardInterrupt):
+            reap_descendants(grace=5)
+            raise
+    if proc.returncode and not problem:
+        problem = f"child exited with status {proc.returncode}"
+    leaked = reap_descendants(grace=10)
+    result = json.loads(out.read_text()) if out.exists() else None
+    if result is not None:
+        result.setdefault("leaked", [])
+        result["leaked"] += [f"(found by parent) {p}" for p in leaked]
+        result["wall_s"] = time.perf_counter() - t0
+    elif not problem:
+        problem = "child wrote no results"
+    if problem:
+        print(f"  {problem}; last lines of {log}:")
+        if log.exists():
+            for line in log.read_text(errors="replace").splitlines()[-15:]:
+                print("    " + line)
+    return result, problem
+
+
+def environment() -> dict:
+    info = {"python": platform.python_version(), "cpus": os.cpu_count(), "platform": platform.platform()}
+    for name in ("ipykernel", "jupyter_client", "zmq", "numpy", "IPython"):
+        with contextlib.suppress(Exception):
+            from importlib.metadata import version
+
+            info[name] = version({"zmq": "pyzmq", "IPython": "ipython"}.get(name, name))
+    return info
+
+
+def parent_main(args) -> int:
+    P = Params.make(args.quick, args.repeat)
+    libs = [args.only] if args.only else ["ipp", "ext"]
+    subreaper = become_subreaper()
+    env = environment()
+    print(f"python {env['python']}, {env['cpus']} cpus; repeat={P.repeat}{' (quick)' if args.quick else ''}")
+    results, problems = {}, {}
+    with tempfile.TemporaryDirectory(prefix="ipp-bench-") as tmp:
+        workdir = Path(args.logdir) if args.logdir else Path(tmp)
+        workdir.mkdir(parents=True, exist_ok=True)
+        for lib in libs:
+            result, problem = run_child(lib, args, P, workdir)
+            if problem:
+                problems[lib] = problem
+            if lib == "ipp" and result and result.get("import_error"):
+                print(f"ipyparallel is not importable ({result['import_error']}): running ipyparallel_ext alone,"
+                      " comparing with the reference numbers of KERNEL-FACTS.md")
+                result = None
+            if result is not None:
+                results[lib] = result
+    print()
+    for lib, res in results.items():
+        print(f"{TITLES[lib]}: {res['module']} {res.get('version', '?')}, child wall time {res.get('wall_s', 0):.0f} s")
+    if "ext" in results and "ipp" not in results:
+        print("(ipp) = reference number from KERNEL-FACTS.md, not measured in this run")
+    print()
+    table, records, any_fail = build_table(P, results)
+    print_table(table)
+
+    errors = [(lib, name, w["error"]) for lib, res in results.items()
+              for name, w in res["workloads"].items() if "error" in w]
+    if errors:
+        print("\nErrors:")
+        for lib, name, err in errors:
+            print(f"  {lib} {name}: {err}")
+    leaks = [(lib, p) for lib, res in results.items() for p in res.get("leaked", [])]
+    if leaks or not subreaper:
+        print()
+    for lib, p in leaks:
+        print(f"LEAK ({lib}): {p}")
+    if not subreaper:
+        print("note: could not become a child subreaper; leak detection limited to each child's own check")
+    if args.json:
+        Path(args.json).write_text(json.dumps(
+            {"environment": env, "params": vars(P), "quick": args.quick, "problems": problems,
+             "rows": records, "results": results}, indent=1))
+        print(f"\nwrote {args.json}")
+    return 1 if any_fail or leaks else 0
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description="Benchmark ipyparallel_ext against ipyparallel 9.2, side by side.")
+    ap.add_argument("--only", choices=["ext", "ipp"], help="run one library only")
+    ap.add_argument("--repeat", type=int, default=None, help="repeats per workload (default 3, or 1 with --quick)")
+    ap.add_argument("--quick", action="store_true", help="smaller workloads: a smoke run of a few seconds each")
+    ap.add_argument("--json", metavar="OUT", help="write all results and verdicts to this JSON file")
+    ap.add_argument("--logdir", help="keep the children's logs and raw JSON here (default: a temporary folder)")
+    ap.add_argument("--child-timeout", type=float, default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--child", choices=list(MODULES), help=argparse.SUPPRESS)
+    ap.add_argument("--out", help=argparse.SUPPRESS)
+    ap.add_argument("--log", help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+    if args.repeat is not None and args.repeat < 1:
+        ap.error("--repeat must be at least 1")
+    if args.child:
+        child_main(args)
+        return 0
+    return parent_main(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
