@@ -16,6 +16,7 @@ import threading
 import time
 from collections.abc import Iterable
 
+from . import _wire
 from ._asyncresult import AsyncResult
 from ._engine import EngineConnection
 from ._iothread import IOLoop
@@ -227,7 +228,7 @@ class Client:
 
     def new_record(self, op, **kwargs) -> MessageRecord:
         """A record for this client, registered in its history."""
-        record = MessageRecord(_new_msg_id(), op, pickler=self._pickler, **kwargs)
+        record = MessageRecord(_wire.new_msg_id(), op, pickler=self._pickler, **kwargs)
         self._records[record.msg_id] = record
         self.history.append(record.msg_id)
         return record
@@ -438,10 +439,6 @@ class Client:
 
     def __repr__(self) -> str:
         return f"<ipyparallel_ext.Client: {len(self._ids)} engines>"
-
-
-def _new_msg_id() -> str:
-    return os.urandom(16).hex()
 
 
 def _wait_record(record, timeout) -> None:

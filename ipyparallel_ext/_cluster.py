@@ -180,7 +180,7 @@ class Cluster:
         client = Client(
             connection_info=[self._info(i) for i in ids],
             _cluster=self,
-            _engine_options={"execute_sleep": 0},
+            _engine_options={"execute_sleep": 0, "skip_empty_flushes": True},
             _probes={pos: self._probe(i) for pos, i in enumerate(ids)},
             **kwargs,
         )

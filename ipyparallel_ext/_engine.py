@@ -18,7 +18,6 @@ import signal
 import time
 
 import zmq
-from jupyter_client.session import Session
 
 from . import _wire
 from ._record import DONE, PENDING, SENT
@@ -80,11 +79,8 @@ class EngineConnection:
         self.options = options or {}
         self.max_inflight = max_inflight
         key = info.get("key", b"")
-        self.session = Session(
-            key=key.encode() if isinstance(key, str) else key,
-            signature_scheme=info.get("signature_scheme", "hmac-sha256"),
-            username="ipyparallel_ext",
-        )
+        self.codec = _wire.MessageCodec(key.encode() if isinstance(key, str) else key,
+                                        info.get("signature_scheme", "hmac-sha256"))
         self.queue: collections.deque = collections.deque()  # records not yet sent
         self.inflight: dict = {}  # msg_id -> record awaiting its reply
         self.routes: dict = {}  # msg_id -> record whose iopub outputs we collect
@@ -142,8 +138,7 @@ class EngineConnection:
         # outputs would be lost.  Poke the kernel until its status shows up.
         if self._iopub_seen or self.dead_reason:
             return
-        msg = self.session.msg("kernel_info_request", {})
-        self.shell.send_multipart(self.session.serialize(msg))
+        self.shell.send_multipart(self.codec.pack("kernel_info_request", {}))
         self.loop.call_later(NUDGE_PERIOD, self._nudge)
 
     def _maybe_ready(self) -> None:
@@ -207,7 +202,7 @@ class EngineConnection:
     def _new_record(self, op, **kwargs):
         from ._record import MessageRecord
 
-        return MessageRecord(self.session.msg_id, op, **kwargs)
+        return MessageRecord(_wire.new_msg_id(), op, **kwargs)
 
     def submit(self, record) -> None:
         """Queue a record for this engine (I/O thread)."""
@@ -241,15 +236,12 @@ class EngineConnection:
 
     def _send(self, record) -> None:
         if record.op in ("execute", "install"):
-            content = _wire.request_content(record.code, silent=record.op == "install")
-            metadata = {}
+            content = _wire.request_content(record.code, silent=record.spec.get("silent", True))
+            metadata = None
         else:
-            content = _wire.request_content(_wire.HANDLE_CODE, silent=True)
+            content = _wire.HANDLE_CONTENT
             metadata = {"ipp_ext": record.spec}
-        header = self.session.msg_header("execute_request")
-        header["msg_id"] = record.msg_id
-        msg = self.session.msg("execute_request", content, header=header, metadata=metadata)
-        frames = self.session.serialize(msg)
+        frames = self.codec.pack("execute_request", content, metadata, record.msg_id)
         record.engine_id = self.id
         record.state = SENT
         record.sent = time.time()
@@ -267,15 +259,13 @@ class EngineConnection:
         """Send a control request (interrupt, shutdown); replies are not awaited."""
         if self.dead_reason:
             return
-        msg = self.session.msg(msg_type, content or {})
-        self.control.send_multipart(self.session.serialize(msg))
+        self.control.send_multipart(self.codec.pack(msg_type, content or {}))
 
     # -- receiving --------------------------------------------------------------
 
-    def _unpack(self, frames):
+    def _unpack(self, frames, parent_filter=None):
         try:
-            _idents, parts = self.session.feed_identities(frames, copy=False)
-            return self.session.deserialize(parts, content=True, copy=False)
+            return self.codec.unpack(frames, parent_filter)
         except Exception as exc:
             # Bad signature, replay, garbage: drop it, loudly.
             log.warning("engine %s: dropped an invalid message: %s", self.id, exc)
@@ -325,12 +315,14 @@ class EngineConnection:
         _finish_from_metadata(record, md, msg["buffers"], info)
 
     def _on_iopub(self, frames) -> None:
-        msg = self._unpack(frames)
-        if msg is None:
-            return
         if not self._iopub_seen:
             self._iopub_seen = True
             self._maybe_ready()
+        # Every client attached to the kernel gets every output: skip the
+        # ones that are not ours before paying for checking and decoding.
+        msg = self._unpack(frames, self.routes.__contains__)
+        if msg is None:
+            return
         parent_id = msg["parent_header"].get("msg_id")
         record = self.routes.get(parent_id)
         if record is None:

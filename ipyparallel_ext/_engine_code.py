@@ -27,6 +27,8 @@ import time
 import types
 
 MODULE_NAME = "_ipp_ext_engine"
+# The code of every helper request (apply, push, pull, ...).
+HANDLE_CODE = f"__import__({MODULE_NAME!r}).handle()"
 # Replaced by the client with a hash of this source when it is sent.
 VERSION = "dev"
 
@@ -284,13 +286,73 @@ def handle():
     _pending[parent["header"]["msg_id"]] = (md, out)
 
 
+def _reply_content(shell, error=None):
+    content = {"status": "ok", "execution_count": shell.execution_count,
+               "user_expressions": {}, "payload": []}
+    if error is not None:
+        content.update(error, status="error", traceback=error["traceback"].splitlines())
+    return content
+
+
+def _install_fast_path(kernel):
+    """Serve our own requests without IPython's cell machinery.
+
+    A helper request's code is always exactly :data:`HANDLE_CODE`.  Running
+    it through ``run_cell`` (input transformers, parsing, compiling,
+    display hooks) costs more than the work itself, so ``do_execute``
+    calls :func:`handle` directly for that one string and passes every
+    other cell to the kernel untouched.
+    """
+    original = getattr(kernel, "_ipp_ext_original_do_execute", None) or kernel.do_execute
+    shell = kernel.shell
+
+    async def do_execute(code, silent, store_history=True, user_expressions=None,
+                         allow_stdin=False, **kwargs):
+        if code != HANDLE_CODE:
+            return await original(code, silent, store_history, user_expressions, allow_stdin, **kwargs)
+        try:
+            handle()
+        except BaseException as exc:  # noqa: BLE001 - reported to the client, kernel goes on
+            return _reply_content(shell, _format_error(type(exc), exc, exc.__traceback__))
+        return _reply_content(shell)
+
+    kernel._ipp_ext_original_do_execute = original
+    kernel.do_execute = do_execute
+
+
+def _skip_empty_flushes():
+    """Make ``sys.stdout.flush()`` free when nothing was written.
+
+    ipykernel flushes both streams after every request, each flush a round
+    trip to its IOPub thread even when there is nothing to send.  Only done
+    on engines the client started itself, and only where ipykernel's
+    stream has the internals this relies on.
+    """
+    for stream in (sys.stdout, sys.stderr):
+        if getattr(stream, "_ipp_ext_flush", None) or not all(
+            hasattr(stream, a) for a in ("_flush_pending", "_subprocess_flush_pending", "_buffers")
+        ):
+            continue
+        original = stream.flush
+
+        def flush(stream=stream, original=original):
+            if stream._flush_pending or stream._subprocess_flush_pending or stream._buffers:
+                original()
+
+        stream._ipp_ext_flush = original
+        stream.flush = flush
+
+
 def install(options):
-    """Hook the kernel's session so execute_replies carry our payloads.
+    """Hook the kernel so execute_replies carry our payloads (and serve them fast).
 
     Idempotent: installing again (a second client, or a newer version of
-    this module) re-wraps the original ``send``, never a wrapper.
+    this module) re-wraps the kernel's originals, never a wrapper.
     """
     kernel = _kernel()
+    _install_fast_path(kernel)
+    if options.get("skip_empty_flushes"):
+        _skip_empty_flushes()
     session = kernel.session
     original = getattr(session, "_ipp_ext_original_send", None) or session.send
     pending = _pending
