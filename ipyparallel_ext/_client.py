@@ -19,7 +19,7 @@ from collections.abc import Iterable
 from . import _wire
 from ._asyncresult import AsyncResult
 from ._engine import EngineConnection
-from ._iothread import IOLoop
+from ._iothread import shared_loop
 from ._record import DONE, MessageRecord
 from .error import ConnectionFileError, EngineError, NoEnginesRegistered
 
@@ -80,7 +80,7 @@ class Client:
         infos += [check_connection_info(dict(i)) for i in (connection_info or [])]
         self._cluster = _cluster
         self._engine_options = _engine_options or {}
-        self._loop = IOLoop()
+        self._loop = shared_loop()
         self._engines: dict = {}  # id -> EngineConnection; written on the I/O thread
         self._ids: list = []
         self._ids_changed = threading.Condition()
@@ -417,7 +417,7 @@ class Client:
         """Kept for compatibility: the I/O thread processes messages continuously."""
 
     def close(self, linger=None) -> None:
-        """Disconnect from every engine and stop the I/O thread (engines keep running)."""
+        """Disconnect from every engine (the engines keep running)."""
         if self._closed:
             return
         self._closed = True
@@ -426,10 +426,7 @@ class Client:
             for engine in list(self._engines.values()):
                 engine.close()
 
-        try:
-            self.call_in_loop(close_all)
-        finally:
-            self._loop.stop()
+        self.call_in_loop(close_all)
 
     def __enter__(self):
         return self

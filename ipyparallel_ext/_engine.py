@@ -27,6 +27,7 @@ log = logging.getLogger("ipyparallel_ext")
 
 HEARTBEAT_PERIOD = 1.0
 HEARTBEAT_TIMEOUT = 4.0  # seconds without an echo before an engine counts as dead
+START_TIMEOUT = 60.0  # a starting kernel answers nothing until it has imported itself
 PROBE_PERIOD = 0.25  # how often a local engine's process is polled
 OUTPUT_GRACE = 2.0  # how long after its reply a request's outputs may still arrive
 NUDGE_PERIOD = 0.1  # kernel_info resend period while waiting for iopub to connect
@@ -175,7 +176,7 @@ class EngineConnection:
         if self.dead_reason:
             return
         silent_for = time.monotonic() - self._last_beat
-        if silent_for > HEARTBEAT_TIMEOUT:
+        if silent_for > (HEARTBEAT_TIMEOUT if self.ready else START_TIMEOUT):
             self.die(f"stopped answering heartbeats for {silent_for:.1f} s (process gone or unreachable)")
             return
         self.hb.send(b"ping")

@@ -92,10 +92,11 @@ def dumps(obj, pickler="pickle", pickler_class=None):
 def loads(frames, pickler="pickle"):
     """Inverse of :func:`dumps`.
 
-    Out-of-band buffers received from zmq are read-only; they are copied into
-    writable memory so that arrays arrive as ordinary, mutable arrays.
+    zmq frames are writable, so arrays are rebuilt on the received memory
+    without a copy; a read-only buffer (bytes) is copied so that arrays
+    always arrive mutable, as users expect.
     """
-    buffers = [bytearray(b) for b in frames[1:]]
+    buffers = [b if not memoryview(b).readonly else bytearray(b) for b in frames[1:]]
     return pickler_module(pickler).loads(frames[0], buffers=buffers)
 
 

@@ -33,6 +33,19 @@ import zmq
 log = logging.getLogger("ipyparallel_ext")
 
 
+_shared = None
+_shared_lock = threading.Lock()
+
+
+def shared_loop() -> "IOLoop":
+    """The process's I/O loop, shared by every Client (started on first use)."""
+    global _shared
+    with _shared_lock:
+        if _shared is None or _shared._stopping or _shared._pid != os.getpid():
+            _shared = IOLoop()
+        return _shared
+
+
 class IOLoop:
     """A poller loop in a daemon thread; see the module docstring."""
 
@@ -48,6 +61,7 @@ class IOLoop:
         os.set_blocking(self._wake_w, False)
         self._poller.register(self._wake_r, zmq.POLLIN)
         self._stopping = False
+        self._pid = os.getpid()  # a forked child must start its own loop
         self._thread = threading.Thread(target=self._run, name="ipyparallel_ext-io", daemon=True)
         self._thread.start()
 
