@@ -24,6 +24,7 @@ import importlib
 import json
 import os
 import platform
+import resource
 import signal
 import statistics
 import subprocess
@@ -60,9 +61,11 @@ class Params:
     sleep_s: float = 0.01
     px_warm: int = 20
     px_calls: int = 200
-    mem_from: int = 5000
-    mem_to: int = 20000
-    mem_batch: int = 1000
+
+    @property
+    def async_rounds(self) -> int:
+        """Rounds of `async_tasks`: one warm-up (the memory baseline), then at least 3 timed."""
+        return 1 + max(self.repeat, 3)
 
     @classmethod
     def make(cls, quick: bool, repeat: int | None) -> Params:
@@ -73,11 +76,9 @@ class Params:
             apply_warm=10,
             apply_calls=100,
             map_tasks=500,
-            async_tasks=1000,
+            async_tasks=500,
             px_warm=5,
             px_calls=50,
-            mem_from=1000,
-            mem_to=4000,
         )
 
 
@@ -116,7 +117,7 @@ def deadline(seconds: float):
     """Raise WorkloadTimeout in the main thread after `seconds` (a backstop for blocking calls)."""
 
     def on_alarm(signum, frame):
-        raise WorkloadTimeout(f"no result within {seconds:.0f} s")
+        raise WorkloadTimeout(f"no result within {seconds:g} s")
 
     old = signal.signal(signal.SIGALRM, on_alarm)
     signal.setitimer(signal.ITIMER_REAL, seconds)
@@ -207,6 +208,10 @@ class Child:
             traceback.print_exc()
             entry["error"] = f"{type(e).__name__}: {e}".strip().splitlines()[0]
             self.say(f"{name}: error: {entry['error']}")
+        except BaseException as e:  # stopped by the parent, or Ctrl-C: record it, then stop
+            entry["error"] = f"interrupted ({type(e).__name__})"
+            self.save()
+            raise
         else:
             entry["metrics"], entry["samples"] = metrics, samples
             shown = ", ".join(f"{k}={v:.4g}" for k, v in metrics.items() if v is not None)
@@ -223,14 +228,14 @@ class Child:
 
     def run(self):
         P = self.P
+        # push_pull runs last: its 100 MB arrays would blur the client memory measured in apply_async
         shared = [
             ("apply_sync", 60, self.wl_apply_sync),
-            ("push_pull", 120, self.wl_push_pull),
             ("map", 60 + 15 * P.repeat, self.wl_map),
-            ("apply_async", 60 + 30 * P.repeat, self.wl_apply_async),
+            ("apply_async", 60 + 45 * P.async_rounds, self.wl_apply_async),
             ("sleep", 30 + 5 * P.repeat, self.wl_sleep),
             ("px", 60, self.wl_px),
-            ("memory", 240, self.wl_memory),
+            ("push_pull", 120, self.wl_push_pull),
         ]
         try:
             self.ipp = importlib.import_module(MODULES[self.lib])
@@ -239,7 +244,7 @@ class Child:
             self.fail_all(["start"] + [n for n, _, _ in shared], "not importable: " + str(e))
             return
         self.data["version"] = getattr(self.ipp, "__version__", "?")
-        # the last cluster "start" brings up serves the other workloads
+        # wl_start leaves its last cluster running for the other workloads
         self.record("start", 90 * P.repeat, self.wl_start)
         try:
             if self.rc is None:
@@ -283,18 +288,16 @@ class Child:
         return metrics, {"total_s": totals, "stop_s": stops}
 
     def wl_apply_sync(self):
+        # a median over hundreds of calls: repeating the whole thing adds nothing
         e0 = self.rc[0]
-        per_repeat = []
-        for _ in range(self.P.repeat):
-            for _ in range(self.P.apply_warm):
-                e0.apply_sync(noop)
-            times = []
-            for _ in range(self.P.apply_calls):
-                t0 = time.perf_counter()
-                e0.apply_sync(noop)
-                times.append(time.perf_counter() - t0)
-            per_repeat.append(median(times))
-        return {"ms": 1e3 * median(per_repeat)}, {"median_ms_per_repeat": [1e3 * t for t in per_repeat]}
+        for _ in range(self.P.apply_warm):
+            e0.apply_sync(noop)
+        times = []
+        for _ in range(self.P.apply_calls):
+            t0 = time.perf_counter()
+            e0.apply_sync(noop)
+            times.append(time.perf_counter() - t0)
+        return {"ms": 1e3 * median(times)}, {"ms_quartiles": [1e3 * q for q in statistics.quantiles(times)]}
 
     def wl_push_pull(self):
         import numpy as np
@@ -343,19 +346,41 @@ class Child:
         return {"tasks_per_s": n / median(times)}, {"s": times}
 
     def wl_apply_async(self):
-        lv = self.rc.load_balanced_view()
-        n = self.P.async_tasks
-        times = []
-        for _ in range(self.P.repeat):
+        """Rounds of `async_tasks` apply_async + rc.wait, following the client's memory across them.
+
+        The first round is the warm-up and the memory baseline. After each round the results are
+        checked, dropped and purged (rc.purge_results('all')), so memory that still grows is the
+        client's own bookkeeping.
+        """
+        P, rc = self.P, self.rc
+        lv = rc.load_balanced_view()
+        n = P.async_tasks
+        times, series = [], []  # series: (tasks done, rss, bytes of rc.history, len(rc.history))
+        for r in range(P.async_rounds):
             t0 = time.perf_counter()
             ars = [lv.apply_async(identity, i) for i in range(n)]
-            if self.rc.wait(ars, timeout=120) is False:
+            if rc.wait(ars, timeout=120) is False:
                 raise TimeoutError("rc.wait timed out")
-            times.append(time.perf_counter() - t0)
+            if r:
+                times.append(time.perf_counter() - t0)
             if [ar.get(timeout=10) for ar in ars] != list(range(n)):
                 raise AssertionError("apply_async returned wrong results")
             del ars
-        return {"tasks_per_s": n / median(times)}, {"s": times}
+            rc.purge_results("all")
+            gc.collect()
+            history = getattr(rc, "history", None)
+            series.append(((r + 1) * n, rss_bytes(), history_bytes(rc), None if history is None else len(history)))
+        (_, rss0, hist0, _), (_, rss1, hist1, hlen) = series[0], series[-1]
+        growth = (rss1 - rss0) / MB
+        history_growth = None if hist0 is None else (hist1 - hist0) / MB
+        metrics = {
+            "tasks_per_s": n / median(times),
+            "growth_MB": growth,
+            "growth_minus_history_MB": None if history_growth is None else growth - history_growth,
+            "history_len": hlen,
+            "rss_MB": rss1 / MB,
+        }
+        return metrics, {"s": times, "memory_series": series}
 
     def wl_sleep(self):
         lv = self.rc.load_balanced_view()
@@ -363,8 +388,10 @@ class Child:
         times = []
         for _ in range(self.P.repeat):
             t0 = time.perf_counter()
-            lv.map_sync(snooze, args)
+            result = lv.map_sync(snooze, args)
             times.append(time.perf_counter() - t0)
+            if list(result) != args:
+                raise AssertionError("map returned wrong results")
         return {"s": median(times)}, {"s": times}
 
     def wl_px(self):
@@ -375,50 +402,20 @@ class Child:
         config.HistoryManager.enabled = False  # no sqlite file for a throwaway shell
         ip = InteractiveShell.instance(config=config)
         dv = self.rc[:]
-        # Views (and so %px) are non-blocking by default in both libraries; a blocking view makes
-        # the timing cover the whole round trip, as a user waiting for %px sees it.
+        # ipyparallel's views (and so %px) are non-blocking by default; a blocking view makes the
+        # timing cover the whole round trip, as a user waiting for %px sees it.
         dv.block = True
         dv.activate()
-        per_repeat = []
-        for _ in range(self.P.repeat):
-            for _ in range(self.P.px_warm):
-                ip.run_line_magic("px", "a=1")
-            times = []
-            for _ in range(self.P.px_calls):
-                t0 = time.perf_counter()
-                ip.run_line_magic("px", "a=1")
-                times.append(time.perf_counter() - t0)
-            per_repeat.append(median(times))
+        for _ in range(self.P.px_warm):
+            ip.run_line_magic("px", "a=1")
+        times = []
+        for _ in range(self.P.px_calls):
+            t0 = time.perf_counter()
+            ip.run_line_magic("px", "a=1")
+            times.append(time.perf_counter() - t0)
         if dv.pull("a", block=True) != [1] * N_ENGINES:
             raise AssertionError("%px a=1 did not set a on every engine")
-        return {"ms": 1e3 * median(per_repeat)}, {"median_ms_per_repeat": [1e3 * t for t in per_repeat]}
-
-    def wl_memory(self):
-        P, rc = self.P, self.rc
-        lv = rc.load_balanced_view()
-        series = []  # (tasks done, rss, history bytes, history length)
-        done = 0
-        while done < P.mem_to:
-            ars = [lv.apply_async(identity, i) for i in range(P.mem_batch)]
-            if rc.wait(ars, timeout=120) is False:
-                raise TimeoutError("rc.wait timed out")
-            del ars
-            rc.purge_results("all")
-            done += P.mem_batch
-            gc.collect()
-            history = getattr(rc, "history", None)
-            series.append((done, rss_bytes(), history_bytes(rc), None if history is None else len(history)))
-        at = {row[0]: row for row in series}
-        (_, rss0, hist0, _), (_, rss1, hist1, hlen) = at[P.mem_from], at[P.mem_to]
-        growth = (rss1 - rss0) / MB
-        metrics = {
-            "growth_MB": growth,
-            "history_len": hlen,
-            "history_growth_MB": None if hist0 is None else (hist1 - hist0) / MB,
-            "growth_minus_history_MB": None if hist0 is None else growth - (hist1 - hist0) / MB,
-            "rss_MB": rss1 / MB,
-        }
-        return metrics, {"series": series}
+        return {"ms": 1e3 * median(times)}, {"ms_quartiles": [1e3 * q for q in statistics.quantiles(times)]}
 
 
 def reap_descendants(grace: float) -> list[str]:
@@ -438,7 +435,17 @@ def reap_descendants(grace: float) -> list[str]:
     return leaked
 
 
+class Stopped(BaseException):
+    """The parent asked this child to stop (SIGTERM)."""
+
+
+def on_sigterm(signum, frame):
+    # Not KeyboardInterrupt: ipyparallel's blocking calls catch that and return an AsyncResult.
+    raise Stopped
+
+
 def child_main(args):
+    signal.signal(signal.SIGTERM, on_sigterm)
     # Our progress lines go to the terminal; everything the library, its controller and engines
     # print (logs, progress bars) goes to the log file.
     progress = open(os.dup(2), "w", buffering=1)
@@ -468,10 +475,12 @@ class Row:
     fmt: str
     target: tuple | None = None  # (kind, value): le/ge/lt on ext's value, rle/rge on ext/ipp
     ref: float | None = None  # ipyparallel 9.2 on this kind of machine, from KERNEL-FACTS.md
+    ratio: bool = True  # whether ext/ipp means anything for this row
 
 
 def rows_for(P: Params) -> list[Row]:
     n_sleep = f"sleep({P.sleep_s:g}) x{P.sleep_tasks}"
+    mem_from, mem_to = P.async_tasks / 1000, P.async_tasks * P.async_rounds / 1000
     return [
         Row("start.total_s", f"start {N_ENGINES} engines to usable client [s]", "{:.2f}", ("le", 1.5), 6.5),
         Row("start.stop_s", "stop cluster [s]", "{:.2f}"),
@@ -484,10 +493,11 @@ def rows_for(P: Params) -> list[Row]:
         Row("apply_async.tasks_per_s", f"{P.async_tasks} apply_async+wait [tasks/s]", "{:.0f}", ("rge", 3.0), 460),
         Row("sleep.s", f"lb map {n_sleep} [s]", "{:.3f}", ("le", 1.1), 1.32),
         Row("px.ms", f"%px a=1, {N_ENGINES} engines [ms]", "{:.3f}", ("rle", 0.6), 4.15),
-        Row("memory.growth_MB", f"client RSS growth {P.mem_from // 1000}k->{P.mem_to // 1000}k tasks [MB]", "{:.1f}", ("lt", 20.0)),
-        Row("memory.growth_minus_history_MB", "  same, less rc.history [MB]", "{:.1f}"),
-        Row("memory.history_len", "  len(rc.history) at the end", "{:.0f}"),
-        Row("memory.rss_MB", "  client RSS at the end [MB]", "{:.0f}"),
+        Row("apply_async.growth_MB", f"client RSS growth, tasks {mem_from:g}k->{mem_to:g}k [MB]", "{:.1f}",
+            ("lt", 20.0), ratio=False),
+        Row("apply_async.growth_minus_history_MB", "  same, less rc.history [MB]", "{:.1f}", ratio=False),
+        Row("apply_async.history_len", "  len(rc.history) at the end", "{:.0f}", ratio=False),
+        Row("apply_async.rss_MB", "  client RSS at the end [MB]", "{:.0f}", ratio=False),
     ]
 
 
@@ -495,7 +505,8 @@ def target_text(target) -> str:
     if target is None:
         return ""
     kind, v = target
-    return {"le": f"<= {v:g}", "ge": f">= {v:g}", "lt": f"< {v:g}", "rle": f"<= {v:g}x ipp", "rge": f">= {v:g}x ipp"}[kind]
+    return {"le": f"<= {v:g}", "ge": f">= {v:g}", "lt": f"< {v:g}",
+            "rle": f"<= {v:g}x ipp", "rge": f">= {v:g}x ipp"}[kind]
 
 
 def lookup(result: dict | None, key: str):
@@ -505,16 +516,18 @@ def lookup(result: dict | None, key: str):
     workload, metric = key.split(".")
     entry = result.get("workloads", {}).get(workload)
     if entry is None:
-        return None, "error: did not run (child died or timed out)"
+        return None, "error: not run (child stopped)"
     if "error" in entry:
         return None, "error: " + entry["error"]
+    if "metrics" not in entry:
+        return None, "error: did not finish"
     return entry["metrics"].get(metric), None
 
 
 def judge(row: Row, ext, ipp):
     """(ratio ext/ipp, verdict) for one row; ipp falls back to the reference number."""
     base = ipp if ipp is not None else row.ref
-    ratio = ext / base if ext is not None and base else None
+    ratio = ext / base if row.ratio and ext is not None and base else None
     if row.target is None:
         return ratio, ""
     kind, v = row.target
@@ -531,6 +544,21 @@ def build_table(P: Params, results: dict) -> tuple[list[list[str]], list[dict], 
     table = [["metric", TITLES["ipp"], TITLES["ext"], "ratio", "target (ext)", "PASS/FAIL"]]
     records, any_fail = [], False
     ipp_res, ext_res = results.get("ipp"), results.get("ext")
+    shown = set()  # (lib, workload) whose error message is already in the table
+
+    def cell(row, lib, v, err, res, ref=None):
+        if v is not None:
+            return row.fmt.format(v)
+        if err:
+            workload = row.key.split(".")[0]
+            if (lib, workload) in shown:
+                return "error"
+            shown.add((lib, workload))
+            return err if len(err) <= 41 else err[:38] + "..."
+        if res is None and ref is not None:
+            return row.fmt.format(ref) + " (ref)"
+        return "-" if res is not None else ""
+
     for row in rows_for(P):
         ipp_v, ipp_err = lookup(ipp_res, row.key)
         ext_v, ext_err = lookup(ext_res, row.key)
@@ -539,20 +567,10 @@ def build_table(P: Params, results: dict) -> tuple[list[list[str]], list[dict], 
         else:
             ratio, verdict = judge(row, ext_v, ipp_v)
         any_fail |= verdict == "FAIL"
-
-        def cell(v, err, res, ref=None):
-            if v is not None:
-                return row.fmt.format(v)
-            if err:
-                return err[:44]
-            if res is None and ref is not None:
-                return row.fmt.format(ref) + " (ref)"
-            return "-" if res is not None else ""
-
         table.append([
             row.label,
-            cell(ipp_v, ipp_err, ipp_res, row.ref if ext_res is not None else None),
-            cell(ext_v, ext_err, ext_res),
+            cell(row, "ipp", ipp_v, ipp_err, ipp_res, row.ref if ext_res is not None else None),
+            cell(row, "ext", ext_v, ext_err, ext_res),
             "" if ratio is None else f"{ratio:.2f}x",
             target_text(row.target),
             verdict,
@@ -592,6 +610,18 @@ def child_env(lib: str) -> dict:
     return env
 
 
+def busy_cpu_seconds() -> float:
+    t = psutil.cpu_times()
+    # guest time is already counted in user time on Linux
+    return sum(t) - t.idle - sum(getattr(t, f, 0.0) for f in ("iowait", "guest", "guest_nice"))
+
+
+def reaped_cpu_seconds() -> float:
+    """CPU time of our descendants that have been waited for (the child and what it started)."""
+    r = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return r.ru_utime + r.ru_stime
+
+
 def run_child(lib: str, args, P: Params, workdir: Path) -> tuple[dict | None, str | None]:
     out, log = workdir / f"{lib}.json", workdir / f"{lib}.log"
     cmd = [sys.executable, str(Path(__file__).resolve()), "--child", lib, "--out", str(out), "--log", str(log),
@@ -599,14 +629,14 @@ def run_child(lib: str, args, P: Params, workdir: Path) -> tuple[dict | None, st
     # A child's own deadlines normally fire first; this one only catches a wedged child.
     budget = args.child_timeout or (420 + 150 * P.repeat)
     print(f"{TITLES[lib]}: running (log {log}) ...", flush=True)
-    t0 = time.perf_counter()
+    t0, busy0, ours0 = time.perf_counter(), busy_cpu_seconds(), reaped_cpu_seconds()
     proc = subprocess.Popen(cmd, env=child_env(lib), start_new_session=True, stdin=subprocess.DEVNULL)
     problem = None
     try:
         proc.wait(timeout=budget)
     except (subprocess.TimeoutExpired, KeyboardInterrupt) as e:
         problem = f"child exceeded {budget} s" if isinstance(e, subprocess.TimeoutExpired) else "interrupted"
-        proc.send_signal(signal.SIGINT)  # let it stop its cluster in its finally blocks
+        proc.terminate()  # it stops its cluster in its finally blocks
         try:
             proc.wait(timeout=30)
         except subprocess.TimeoutExpired:
@@ -622,7 +652,12 @@ def run_child(lib: str, args, P: Params, workdir: Path) -> tuple[dict | None, st
     if result is not None:
         result.setdefault("leaked", [])
         result["leaked"] += [f"(found by parent) {p}" for p in leaked]
-        result["wall_s"] = time.perf_counter() - t0
+        wall = time.perf_counter() - t0
+        result["wall_s"] = wall
+        # What else ran on the machine meanwhile (other users' tests, builds): the numbers of a
+        # busy machine are not comparable with KERNEL-FACTS.md, only with each other.
+        foreign = (busy_cpu_seconds() - busy0) - (reaped_cpu_seconds() - ours0)
+        result["foreign_cpu_share"] = max(0.0, foreign) / (wall * (os.cpu_count() or 1))
     elif not problem:
         problem = "child wrote no results"
     if problem:
@@ -658,14 +693,19 @@ def parent_main(args) -> int:
             if problem:
                 problems[lib] = problem
             if lib == "ipp" and result and result.get("import_error"):
-                print(f"ipyparallel is not importable ({result['import_error']}): running ipyparallel_ext alone,"
-                      " comparing with the reference numbers of KERNEL-FACTS.md")
+                alone = ("running ipyparallel_ext alone, compared with the reference numbers of KERNEL-FACTS.md"
+                         if "ext" in libs else "nothing measured")
+                print(f"ipyparallel is not importable ({result['import_error']}): {alone}")
                 result = None
             if result is not None:
                 results[lib] = result
     print()
     for lib, res in results.items():
-        print(f"{TITLES[lib]}: {res['module']} {res.get('version', '?')}, child wall time {res.get('wall_s', 0):.0f} s")
+        busy = res.get("foreign_cpu_share", 0.0)
+        print(f"{TITLES[lib]}: {res['module']} {res.get('version', '?')}, child wall time {res.get('wall_s', 0):.0f} s,"
+              f" other processes used {100 * busy:.0f}% of the machine meanwhile")
+        if busy > 0.1:
+            print("  WARNING: the machine was busy with other work; absolute numbers are slowed down")
     if "ext" in results and "ipp" not in results:
         print("(ipp) = reference number from KERNEL-FACTS.md, not measured in this run")
     print()
