@@ -26,6 +26,14 @@ from .error import (
     TaskTimeout,
 )
 from .util import interactive as interactive
+from ._dependency import Dependency as Dependency
+from ._dependency import depend as depend
+from ._dependency import dependent as dependent
+from ._dependency import require as require
+from ._joblib import register_joblib_backend as register_joblib_backend
+from ._lbview import LoadBalancedView as LoadBalancedView
+from ._lbview import ViewExecutor as ViewExecutor
+from .error import UnmetDependency as UnmetDependency
 
 __version__ = "0.1.0"
 
@@ -35,6 +43,8 @@ __all__ = [
     "Reference", "RemoteError", "RemoteFunction", "TaskAborted", "TaskTimeout", "View",
     "interactive", "__version__",
 ]
+__all__ += ["Dependency", "LoadBalancedView", "UnmetDependency", "ViewExecutor", "depend", "dependent",
+            "register_joblib_backend", "require"]
 
 
 def load_ipython_extension(ip):

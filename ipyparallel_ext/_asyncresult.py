@@ -179,6 +179,18 @@ class AsyncResult(concurrent.futures.Future):
             if record.state == "done":
                 record.outputs_ready.wait(max(0.0, deadline - time.monotonic()))
 
+    def wait_for_output(self, timeout=-1) -> bool:
+        """Wait until done and every output (stdout, displays) has arrived; True if so."""
+        timeout = _deadline_timeout(timeout)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        if not self.wait(timeout):
+            return False
+        for record in self._records:
+            left = None if deadline is None else max(0.0, deadline - time.monotonic())
+            if not record.outputs_ready.wait(left):
+                return False
+        return True
+
     @property
     def metadata(self):
         self._outputs_done()

@@ -12,6 +12,8 @@ import concurrent.futures
 import json
 import logging
 import os
+import signal
+import sys
 import threading
 import time
 from collections.abc import Iterable
@@ -21,7 +23,7 @@ from ._asyncresult import AsyncResult
 from ._engine import EngineConnection
 from ._iothread import shared_loop
 from ._record import DONE, MessageRecord
-from .error import ConnectionFileError, EngineError, NoEnginesRegistered
+from .error import ClientClosed, ConnectionFileError, EngineError, NoEnginesRegistered
 
 log = logging.getLogger("ipyparallel_ext")
 
@@ -89,10 +91,17 @@ class Client:
         self._pickler = pickler
         self._schedulers: list = []  # load-balancing schedulers to tell about free engines
         self._closed = False
+        self._retiring: set = set()  # connections to engines being stopped on purpose (I/O thread)
         self._expected = len(infos)
         probes = _probes or {}
         for engine_id, info in enumerate(infos):
             self.add_engine(engine_id, info, probes.get(engine_id))
+        # Inside IPython the first Client binds %px to a blocking all-engines view, as
+        # ipyparallel does; a plain script never pays for importing IPython here.
+        if "IPython" in sys.modules:
+            from ._magics import activate_first_client
+
+            activate_first_client(self)
 
     # -- engines ---------------------------------------------------------------------
 
@@ -118,13 +127,35 @@ class Client:
             scheduler.engines_changed()
 
     def engine_dead(self, engine, reason) -> None:
-        if not self._closed:
+        if engine in self._retiring:
+            self._retiring.discard(engine)  # asked for: no warning
+        elif not self._closed:
             log.warning("engine %s %s", engine.id, reason)
         with self._ids_changed:
             self._ids = [i for i in self._ids if i != engine.id]
             self._ids_changed.notify_all()
         for scheduler in self._schedulers:
             scheduler.engines_changed()
+
+    def engines_stopping(self, engine_ids, reason: str) -> None:
+        """Engines ``engine_ids`` are being stopped or restarted on purpose.
+
+        Their connections close now; work still outstanding on them fails
+        with :class:`EngineError` saying ``reason``.  Called by
+        :class:`Cluster` (for every client of its engines) and by
+        :meth:`shutdown`.
+        """
+        if self._closed:
+            return
+
+        def on_loop():
+            for engine_id in engine_ids:
+                engine = self._engines.get(engine_id)
+                if engine is not None and not engine.dead_reason:
+                    self._retiring.add(engine)
+                    engine.die(reason)
+
+        self.call_in_loop(on_loop)
 
     def engine_free(self, engine) -> None:
         for scheduler in self._schedulers:
@@ -154,14 +185,22 @@ class Client:
                 if left is not None and left <= 0:
                     raise TimeoutError(
                         f"{len(self._ids)} of {n} engines ready after {timeout} s"
-                        f"{self._dead_engines_note()}"
+                        f"{self._engines_note()}"
                     )
                 self._ids_changed.wait(left if left is None else min(left, 1.0))
         return None
 
-    def _dead_engines_note(self) -> str:
-        dead = {i: e.dead_reason for i, e in list(self._engines.items()) if e.dead_reason}
-        return "" if not dead else "; " + "; ".join(f"engine {i} {r}" for i, r in dead.items())
+    def _engines_note(self) -> str:
+        """Why engines are not ready: dead (and how), or silent (and what to check)."""
+        notes = []
+        for i, engine in sorted(self._engines.items()):
+            if engine.dead_reason:
+                notes.append(f"engine {i} {engine.dead_reason}")
+            elif not engine.ready:
+                # A kernel drops requests signed with the wrong key without a word.
+                notes.append(f"engine {i} has not answered (still starting, or the key in its"
+                             f" connection info is wrong)")
+        return "".join(f"; {note}" for note in notes)
 
     def resolve_targets(self, targets) -> list:
         """Turn ``targets`` ('all', None, an id, a list, a slice) into a list of live ids.
@@ -173,6 +212,7 @@ class Client:
         IndexError
             If a target is not a live engine.
         """
+        self._check_open()  # a closed client has no engines; say why
         ids = self._ids
         if not ids:
             raise NoEnginesRegistered()
@@ -180,7 +220,11 @@ class Client:
             return list(ids)
         if isinstance(targets, slice):
             return list(ids[targets])
-        if isinstance(targets, int):
+        if isinstance(targets, int) and not isinstance(targets, bool):
+            if targets < 0:  # counts from the end, as in ipyparallel
+                if -targets > len(ids):
+                    raise IndexError(f"no engine at index {targets} (engines: {ids})")
+                targets = ids[targets]
             targets = [targets]
         if isinstance(targets, (str, bytes)) or not isinstance(targets, Iterable):
             raise TypeError(f"targets must be 'all', an int, a slice or a list of ints, not {targets!r}")
@@ -198,15 +242,17 @@ class Client:
     # -- views -------------------------------------------------------------------------
 
     def __getitem__(self, key):
-        """``rc[0]``, ``rc[:]``, ``rc[::2]``, ``rc[[0, 1]]``: a DirectView."""
+        """``rc[0]``, ``rc[-1]``, ``rc[:]``, ``rc[::2]``, ``rc[[0, 1]]``: a DirectView."""
         if isinstance(key, int) and not isinstance(key, bool):
-            self.resolve_targets(key)
-            return self.direct_view(key)
-        if isinstance(key, slice):
+            return self.direct_view(self.resolve_targets(key)[0])
+        if isinstance(key, (slice, list, tuple, range)):
             return self.direct_view(self.resolve_targets(key))
-        if isinstance(key, (list, tuple)):
-            return self.direct_view(self.resolve_targets(list(key)))
         raise TypeError(f"index a Client with an int, a slice or a list of ints, not {key!r}")
+
+    def __iter__(self):
+        """One single-engine DirectView per engine."""
+        for engine_id in self.ids:
+            yield self.direct_view(engine_id)
 
     def direct_view(self, targets="all", **flags):
         """A DirectView on ``targets`` ('all' follows engines as they come and go)."""
@@ -224,11 +270,20 @@ class Client:
         """A :class:`concurrent.futures.Executor` that load-balances over the engines."""
         return self.load_balanced_view(targets).executor
 
+    def engine_connection(self, engine_id):
+        """The EngineConnection of a live engine, or None (I/O thread only; for schedulers)."""
+        engine = self._engines.get(engine_id)
+        return engine if engine is not None and engine.ready and not engine.dead_reason else None
+
     # -- submitting work (any thread) --------------------------------------------------------
 
-    def new_record(self, op, **kwargs) -> MessageRecord:
-        """A record for this client, registered in its history."""
-        record = MessageRecord(_wire.new_msg_id(), op, pickler=self._pickler, **kwargs)
+    def new_record(self, op, record_class=MessageRecord, **kwargs) -> MessageRecord:
+        """A record for this client, registered in its history.
+
+        ``record_class`` lets the load-balancing scheduler use its own
+        MessageRecord subclass (it decides when a task's record finishes).
+        """
+        record = record_class(_wire.new_msg_id(), op, pickler=self._pickler, **kwargs)
         self._records[record.msg_id] = record
         self.history.append(record.msg_id)
         return record
@@ -264,7 +319,7 @@ class Client:
 
     def _check_open(self) -> None:
         if self._closed:
-            raise RuntimeError("this Client is closed")
+            raise ClientClosed("this Client is closed")
 
     # -- bookkeeping (ipyparallel's Client API) --------------------------------------------
 
@@ -317,7 +372,8 @@ class Client:
         if indices_or_msg_ids is None:
             indices_or_msg_ids = -1
         records = self._records_for(indices_or_msg_ids)
-        single = isinstance(indices_or_msg_ids, (str, int))
+        single = isinstance(indices_or_msg_ids, (str, int)) or (
+            isinstance(indices_or_msg_ids, AsyncResult) and indices_or_msg_ids._single_result)
         ar = AsyncResult(self, records, fname="get_result", single=single)
         if block:
             ar.wait()
@@ -346,7 +402,9 @@ class Client:
             status = {}
             for eid in ids:
                 engine = self._engines[eid]
-                queued = [r.msg_id for r in engine.queue] + list(engine.inflight)
+                # A load-balanced batch request counts as the tasks it carries.
+                queued = [t.msg_id for r in (*engine.queue, *engine.inflight.values())
+                          for t in (r.task or (r,))]
                 status[eid] = {"queue": queued, "tasks": []}
             unassigned = []
             for scheduler in self._schedulers:
@@ -364,6 +422,8 @@ class Client:
             status = {eid: {k: len(v) for k, v in s.items()} for eid, s in status.items()}
             unassigned = len(unassigned)
         status["unassigned"] = unassigned
+        if isinstance(targets, int) and not isinstance(targets, bool):
+            return status[ids[0]]  # one engine named by its id: its own status, as in ipyparallel
         return status
 
     def abort(self, jobs=None, targets=None, block=None) -> None:
@@ -391,6 +451,27 @@ class Client:
         ids = self.resolve_targets(targets)
         self.call_in_loop(lambda: [self._engines[i].send_control("interrupt_request") for i in ids])
 
+    def send_signal(self, sig, targets=None, block=None) -> None:
+        """Send signal ``sig`` to the engines' processes.
+
+        SIGINT is an :meth:`interrupt` (works for any kernel); other signals
+        need engines started by this client's :class:`Cluster`.
+        """
+        ids = self.resolve_targets(targets)
+        if sig == signal.SIGINT:
+            self.interrupt(ids)
+        elif self._cluster is not None and self._cluster.owns(self):
+            self._cluster.signal_engines_sync(sig, ids)
+        else:
+            raise ValueError(f"cannot send signal {sig} to engines not started by a Cluster (only SIGINT)")
+
+    def activate(self, targets="all", suffix=""):
+        """A blocking DirectView on ``targets``, bound to the %px magics (names + ``suffix``)."""
+        view = self.direct_view(targets)
+        view.block = True
+        view.activate(suffix)
+        return view
+
     def shutdown(self, targets="all", restart=False, hub=False, block=None) -> None:
         """Stop (or restart) engines; with ``hub=True`` stop all of them and close."""
         if hub:
@@ -399,6 +480,8 @@ class Client:
         if self._cluster is not None and self._cluster.owns(self):
             if restart:
                 self._cluster.restart_engines_sync(ids)
+                if block or block is None:
+                    self._wait_ready(ids, self._cluster.engine_timeout)
             else:
                 self._cluster.stop_engines_sync(ids)
         else:
@@ -406,12 +489,22 @@ class Client:
                 raise ValueError("restart needs engines started by a Cluster (attached kernels have no manager)")
             self.call_in_loop(lambda: [self._engines[i].send_control("shutdown_request", {"restart": False})
                                        for i in ids])
-            if block or block is None:
-                deadline = time.monotonic() + 10
-                while set(ids) & set(self._ids) and time.monotonic() < deadline:
-                    time.sleep(0.05)
+            # No process to watch here: stop using them now rather than when heartbeats stop.
+            self.engines_stopping(ids, "was shut down")
         if hub:
             self.close()
+
+    def _wait_ready(self, engine_ids, timeout) -> None:
+        """Wait until the current connections to ``engine_ids`` are ready (e.g. after a restart)."""
+        engines = self.call_in_loop(lambda: [self._engines[i] for i in engine_ids])
+        deadline = time.monotonic() + timeout
+        with self._ids_changed:
+            while not all(e.ready or e.dead_reason for e in engines):
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise TimeoutError(f"engines {list(engine_ids)} not ready {timeout} s after restarting"
+                                       f"{self._engines_note()}")
+                self._ids_changed.wait(min(left, 1.0))
 
     def spin(self) -> None:
         """Kept for compatibility: the I/O thread processes messages continuously."""

@@ -21,9 +21,11 @@ import uuid
 import weakref
 
 from jupyter_client import AsyncKernelManager
-from jupyter_client.kernelspec import KernelSpec, KernelSpecManager, NoSuchKernel
+from jupyter_client.kernelspec import KernelSpec, KernelSpecManager
+from jupyter_core.paths import jupyter_path
 
 from ._client import Client, load_connection_file
+from .error import EngineStartError
 
 ENGINE_KERNEL_NAME = "ipyparallel-ext-engine"
 
@@ -46,11 +48,14 @@ class EngineSpecManager(KernelSpecManager):
     """
 
     def get_kernel_spec(self, kernel_name):
-        try:
+        if kernel_name != ENGINE_KERNEL_NAME:
             return super().get_kernel_spec(kernel_name)
-        except NoSuchKernel:
-            if kernel_name != ENGINE_KERNEL_NAME:
-                raise
+        # The general lookup imports ipykernel in this process to find its
+        # bundled spec (half a second); the engine spec is looked up directly.
+        for folder in jupyter_path("kernels"):
+            resource_dir = os.path.join(folder, ENGINE_KERNEL_NAME)
+            if os.path.isfile(os.path.join(resource_dir, "kernel.json")):
+                return KernelSpec.from_resource_dir(resource_dir)
         return KernelSpec(
             argv=[sys.executable, *ENGINE_ARGS],
             display_name="ipyparallel_ext engine",
@@ -74,6 +79,29 @@ class _LoopThread:
 
 
 _live_clusters: weakref.WeakSet = weakref.WeakSet()
+
+
+class _ProcessProbe:
+    """Polls a local engine's process; knows its log, to explain a death."""
+
+    def __init__(self, process, log_path: str):
+        self.process = process
+        self.log_path = log_path
+
+    def __call__(self):
+        return self.process.poll()
+
+    def log_tail(self, lines: int = 5) -> str:
+        """The last lines the engine wrote to its log."""
+        try:
+            with open(self.log_path, "rb") as f:
+                f.seek(max(0, os.path.getsize(self.log_path) - 4096))
+                text = f.read().decode(errors="replace")
+        except OSError:
+            return ""
+        # Every kernel warns about plain TCP at start; that says nothing about a death.
+        kept = [line for line in text.strip().splitlines() if "without encryption" not in line]
+        return "\n".join(kept[-lines:])
 
 
 class Cluster:
@@ -116,6 +144,7 @@ class Cluster:
         self._clients: weakref.WeakSet = weakref.WeakSet()
         self._runner = None
         self._folder = None
+        self._logs: dict = {}  # engine id -> its open log file
         self._spec_manager = EngineSpecManager()
 
     def __repr__(self) -> str:
@@ -138,7 +167,11 @@ class Cluster:
         km.ip = self.ip
         km.connection_file = os.path.join(self._folder, f"engine-{engine_id}.json")
         env = dict(os.environ, **self.env)
-        await km.start_kernel(env=env)
+        # An engine's own output (kernel warnings, crash messages, C-level
+        # prints) goes to its log file, not into whatever cell started it.
+        log = open(os.path.join(self._folder, f"engine-{engine_id}.log"), "ab")  # noqa: SIM115
+        self._logs[engine_id] = log
+        await km.start_kernel(env=env, stdout=log, stderr=log)
         self.engines[engine_id] = km
         return km
 
@@ -156,7 +189,7 @@ class Cluster:
         _live_clusters.add(self)
         if errors:
             await self.stop_cluster()
-            raise RuntimeError(f"{len(errors)} of {n} engines failed to start: {errors[0]}") from errors[0]
+            raise EngineStartError(f"{len(errors)} of {n} engines failed to start: {errors[0]}") from errors[0]
         for client in list(self._clients):
             for eid in range(first, first + n):
                 client.add_engine(eid, self._info(eid), self._probe(eid))
@@ -172,7 +205,7 @@ class Cluster:
     def _probe(self, engine_id: int):
         km = self.engines[engine_id]
         process = getattr(km.provisioner, "process", None)
-        return None if process is None else process.poll
+        return None if process is None else _ProcessProbe(process, self._logs[engine_id].name)
 
     def connect_client_sync(self, **kwargs) -> Client:
         """A new Client on this cluster's engines (several may share them)."""
@@ -214,6 +247,8 @@ class Cluster:
     async def restart_engines(self, engine_ids=None):
         """Restart engines (default: all); clients reconnect to them under the same ids."""
         ids = sorted(self.engines) if engine_ids is None else list(engine_ids)
+        for client in list(self._clients):
+            client.engines_stopping(ids, "was restarted")
         await asyncio.gather(*(self.engines[i].restart_kernel(now=True) for i in ids))
         for client in list(self._clients):
             for eid in ids:
@@ -223,9 +258,20 @@ class Cluster:
         """Blocking :meth:`restart_engines`."""
         return self._run(self.restart_engines(engine_ids), timeout=self.engine_timeout)
 
+    async def signal_engines(self, signum, engine_ids=None):
+        """Send signal ``signum`` to engines (default: all), through their kernel managers."""
+        ids = sorted(self.engines) if engine_ids is None else list(engine_ids)
+        await asyncio.gather(*(self.engines[i].signal_kernel(signum) for i in ids))
+
+    def signal_engines_sync(self, signum, engine_ids=None):
+        """Blocking :meth:`signal_engines`."""
+        return self._run(self.signal_engines(signum, engine_ids), timeout=30)
+
     async def stop_engines(self, engine_ids=None):
         """Stop engines (default: all) and remove their connection files."""
         ids = sorted(self.engines) if engine_ids is None else list(engine_ids)
+        for client in list(self._clients):
+            client.engines_stopping(ids, "was shut down")
         managers = [self.engines.pop(i) for i in ids if i in self.engines]
 
         async def stop(km):
@@ -235,6 +281,10 @@ class Cluster:
                 await km.shutdown_kernel(now=True)
 
         await asyncio.gather(*(stop(km) for km in managers), return_exceptions=True)
+        for i in ids:
+            log = self._logs.pop(i, None)
+            if log is not None:
+                log.close()
 
     def stop_engines_sync(self, engine_ids=None):
         """Blocking :meth:`stop_engines`."""

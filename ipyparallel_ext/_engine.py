@@ -32,8 +32,7 @@ PROBE_PERIOD = 0.25  # how often a local engine's process is polled
 OUTPUT_GRACE = 2.0  # how long after its reply a request's outputs may still arrive
 NUDGE_PERIOD = 0.1  # kernel_info resend period while waiting for iopub to connect
 
-_OUTPUT_TYPES = {"stream", "display_data", "update_display_data", "execute_result",
-                 "execute_input", "error", "clear_output"}
+_OUTPUT_TYPES = _wire.OUTPUT_TYPES | {"execute_input"}
 
 
 def describe_exit(returncode: int) -> str:
@@ -194,7 +193,11 @@ class EngineConnection:
             log.exception("liveness probe of engine %s failed", self.id)
             return
         if code is not None:
-            self.die(f"died: {describe_exit(code)}")
+            reason = f"died: {describe_exit(code)}"
+            tail = getattr(self.probe, "log_tail", lambda: "")()
+            if tail:
+                reason += f"; the end of its log ({self.probe.log_path}):\n{tail}"
+            self.die(reason)
             return
         self.loop.call_later(PROBE_PERIOD, self._probe)
 
@@ -289,6 +292,11 @@ class EngineConnection:
         if record is None:
             return
         self._complete(record, msg)
+        expected = msg["metadata"].get("ipp_ext_outputs")
+        if expected is not None and not record.task:
+            record.outputs_expected = expected
+            if record.outputs_seen >= expected:
+                self._outputs_complete(record)
         self._output_deadlines.append((time.monotonic() + OUTPUT_GRACE, record))
         if len(self._output_deadlines) == 1:
             self.loop.call_later(OUTPUT_GRACE, self._expire_outputs)
@@ -331,13 +339,19 @@ class EngineConnection:
         msg_type = msg["msg_type"]
         if msg_type == "status":
             if msg["content"].get("execution_state") == "idle":
-                self.routes.pop(parent_id, None)
-                for task in record.task or ():
-                    task.outputs_ready.set()
-                    self.routes.pop(task.msg_id, None)
-                record.outputs_ready.set()
+                self._outputs_complete(record)
         elif msg_type in _OUTPUT_TYPES:
             record.add_output(msg_type, msg["content"])
+            if record.outputs_expected is not None and record.outputs_seen >= record.outputs_expected:
+                self._outputs_complete(record)
+
+    def _outputs_complete(self, record) -> None:
+        """Every output of ``record`` (and of its batch's tasks) has arrived."""
+        self.routes.pop(record.msg_id, None)
+        for task in record.task or ():
+            task.outputs_ready.set()
+            self.routes.pop(task.msg_id, None)
+        record.outputs_ready.set()
 
     def _expire_outputs(self) -> None:
         # An idle status lost on IOPub must not leave readers waiting forever.
@@ -350,6 +364,10 @@ class EngineConnection:
             if not record.outputs_ready.is_set():
                 record.outputs_ready.set()
                 self.routes.pop(record.msg_id, None)
+                for task in record.task or ():  # a batch: its finished tasks' routes too
+                    if task.state == DONE and self.routes.get(task.msg_id) is task:
+                        del self.routes[task.msg_id]
+                        task.outputs_ready.set()
         if deadlines:
             self.loop.call_later(deadlines[0][0] - now, self._expire_outputs)
 

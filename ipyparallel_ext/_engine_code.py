@@ -23,6 +23,7 @@ it, as pickle-protocol-5 frames with out-of-band buffers.
 import marshal
 import pickle
 import sys
+import threading
 import time
 import types
 
@@ -38,6 +39,12 @@ OOB_THRESHOLD = 4096
 
 # msg_id of the execute_request -> (reply metadata, reply buffers)
 _pending = {}
+# msg_id of a request -> IOPub outputs published for it so far.  The count
+# rides on the execute_reply so the client knows when it has every output
+# without waiting for the kernel's trailing 'idle' status.
+_output_counts = {}
+OUTPUT_TYPES = frozenset({"stream", "display_data", "update_display_data", "execute_result",
+                          "error", "clear_output"})
 _state = {"pickler": "pickle"}
 
 
@@ -122,6 +129,12 @@ def _rebuild_function(code, globals_ns, name, qualname, defaults, kwdefaults, cl
     func.__kwdefaults__ = kwdefaults
     func.__dict__.update(attrs)
     return func
+
+
+def _rebuild_memoryview(memory, fmt, shape):
+    """A memoryview sent by :mod:`._wire`, with its format and shape."""
+    view = memoryview(memory)
+    return view if (fmt, shape) == ("B", (view.nbytes,)) else view.cast("B").cast(fmt, shape)
 
 
 def map_chunk(func, *chunks):
@@ -309,6 +322,7 @@ def _install_fast_path(kernel):
 
     async def do_execute(code, silent, store_history=True, user_expressions=None,
                          allow_stdin=False, **kwargs):
+        _output_counts[kernel.get_parent("shell")["header"]["msg_id"]] = 0
         if code != HANDLE_CODE:
             return await original(code, silent, store_history, user_expressions, allow_stdin, **kwargs)
         try:
@@ -344,6 +358,19 @@ def _skip_empty_flushes():
         stream.flush = flush
 
 
+def _output_parent(msg_or_type, parent):
+    """msg_id of the request an output message belongs to, or None if it is not an output."""
+    if isinstance(msg_or_type, str):
+        if msg_or_type not in OUTPUT_TYPES or not parent:
+            return None
+        header = parent.get("header", parent)
+    else:
+        if msg_or_type.get("msg_type") not in OUTPUT_TYPES:
+            return None
+        header = msg_or_type.get("parent_header") or {}
+    return header.get("msg_id")
+
+
 def install(options):
     """Hook the kernel so execute_replies carry our payloads (and serve them fast).
 
@@ -357,14 +384,28 @@ def install(options):
     session = kernel.session
     original = getattr(session, "_ipp_ext_original_send", None) or session.send
     pending = _pending
+    counts = _output_counts
+    lock = threading.Lock()
 
     def send(stream, msg_or_type, content=None, parent=None, ident=None,
              buffers=None, track=False, header=None, metadata=None):
-        if pending and msg_or_type == "execute_reply" and parent:
-            extra = pending.pop(parent["header"]["msg_id"], None)
+        if msg_or_type == "execute_reply" and parent:
+            msg_id = parent["header"]["msg_id"]
+            with lock:
+                n_outputs = counts.pop(msg_id, None)
+            metadata = dict(metadata or {})
+            if n_outputs is not None:
+                metadata["ipp_ext_outputs"] = n_outputs
+            extra = pending.pop(msg_id, None) if pending else None
             if extra is not None:
-                metadata = dict(metadata or {}, ipp_ext=extra[0])
+                metadata["ipp_ext"] = extra[0]
                 buffers = extra[1]
+        else:
+            msg_id = _output_parent(msg_or_type, parent)
+            if msg_id is not None:
+                with lock:
+                    if msg_id in counts:  # only requests being executed are counted
+                        counts[msg_id] += 1
         return original(stream, msg_or_type, content, parent, ident, buffers, track, header, metadata)
 
     session._ipp_ext_original_send = original

@@ -42,8 +42,9 @@ def join(parts: list):
         import numpy
 
         return numpy.concatenate(parts)
+    if isinstance(first, (list, tuple, str)):
+        return functools.reduce(operator.add, parts)
     if isinstance(first, range):
-        parts = [list(p) for p in parts]
-    if not isinstance(first, (list, tuple, str, range)):
-        parts = [list(p) if not isinstance(p, list) else p for p in parts]
-    return functools.reduce(operator.add, parts)
+        return [x for p in parts for x in p]
+    # Scalars (parts of one element pushed with flatten=True): one per engine.
+    return list(parts)

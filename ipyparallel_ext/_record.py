@@ -42,7 +42,7 @@ class MessageRecord:
         "submitted", "sent", "started", "completed", "received",
         "status", "error", "result_frames", "pickler",
         "stdout", "stderr", "outputs", "execute_result", "execute_input",
-        "outputs_ready", "_listeners", "_output_listeners", "_value", "_lock",
+        "outputs_ready", "outputs_seen", "outputs_expected", "_listeners", "_output_listeners", "_value", "_lock",
         "task", "__weakref__",
     )
 
@@ -66,6 +66,8 @@ class MessageRecord:
         self.execute_result = None
         self.execute_input = None
         self.outputs_ready = threading.Event()
+        self.outputs_seen = 0  # outputs received
+        self.outputs_expected = None  # outputs the engine says it published (from the reply)
         self._listeners = []
         self._output_listeners = []
         self._value = self._lock = None
@@ -89,6 +91,8 @@ class MessageRecord:
         """Complete the record; returns False if it was already done."""
         if self.state == DONE:
             return False
+        if self.state == PENDING:  # never sent (aborted, engine gone): no output will come
+            self.outputs_ready.set()
         self.state = DONE
         self.status = status
         self.error = error
@@ -104,6 +108,8 @@ class MessageRecord:
 
     def add_output(self, kind: str, content: dict) -> None:
         """Record one IOPub output of this request."""
+        if kind != "execute_input":  # the engine counts outputs, not the echo of the input
+            self.outputs_seen += 1
         if kind == "stream":
             if content.get("name") == "stderr":
                 self.stderr += content.get("text", "")

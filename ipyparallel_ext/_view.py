@@ -10,6 +10,7 @@ from __future__ import annotations
 import builtins
 import contextlib
 import os
+import sys
 
 from . import _engine_code, _mapping, _wire
 from ._asyncresult import AsyncMapResult, AsyncResult
@@ -206,17 +207,23 @@ class DirectView(View):
         return self._send("apply", ids, single, block, getattr(f, "__name__", "apply"), frames,
                           track=self._flags(track=track)["track"])
 
-    def execute(self, code: str, silent=True, targets=None, block=None):
+    def execute(self, code: str, silent=True, targets=None, block=None) -> AsyncResult:
         """Run ``code`` on the engines, in their namespaces.
 
         With ``silent=False`` the engines count it as a cell: expression
         results are published (``Out[0:3]``) and kept in their history.
+        Returns the AsyncResult even when blocking (then it is done, outputs
+        included), as in ipyparallel, so ``.display_outputs()`` can follow.
         """
         if not isinstance(code, str):
             raise TypeError(f"execute needs a string of code, not {type(code).__name__}")
         ids, single = self._targets(targets)
-        return self._send("execute", ids, single, block, "execute",
-                          spec={"op": "execute", "silent": bool(silent)}, code=code)
+        ar = self._send("execute", ids, single, False, "execute",
+                        spec={"op": "execute", "silent": bool(silent)}, code=code)
+        if self._flags(block=block)["block"]:
+            ar.get()
+            ar.wait_for_output()
+        return ar
 
     def run(self, filename, targets=None, block=None):
         """Run the code in ``filename`` on the engines."""
@@ -277,7 +284,11 @@ class DirectView(View):
             records.append(record)
         ar = AsyncResult(self.client, records, fname="scatter")
         self.client.submit(zip(ids, records))
-        return self._finish(ar, self._flags(block=block)["block"])
+        self._finish(ar, False)
+        if self._flags(block=block)["block"]:
+            ar.get()
+            return None  # as ipyparallel: a blocking scatter returns nothing
+        return ar
 
     def gather(self, key, dist="b", targets=None, block=None):
         """Pull ``key`` from each engine and join the parts (lists, tuples, arrays)."""
@@ -349,18 +360,18 @@ class DirectView(View):
 
             with dv.sync_imports():
                 import numpy
+
+        Only the block's own ``import`` statements are forwarded, not the
+        imports those modules make in turn.
         """
         real_import = builtins.__import__
+        # The frame of the ``with`` statement: generator, contextlib's __enter__, caller.
+        block_frame = sys._getframe(2)
 
         def view_import(name, globals=None, locals=None, fromlist=(), level=0):
             module = real_import(name, globals, locals, fromlist, level) if local else None
-            caller = (globals or {}).get("__name__")
-            if level == 0 and caller in (None, "__main__") and not getattr(view_import, "busy", False):
-                view_import.busy = True
-                try:
-                    self.importer(name, fromlist, quiet)
-                finally:
-                    view_import.busy = False
+            if level == 0 and sys._getframe(1) is block_frame:
+                self._import_on_engines(name, fromlist, quiet)
             return module
 
         builtins.__import__ = view_import
@@ -369,7 +380,12 @@ class DirectView(View):
         finally:
             builtins.__import__ = real_import
 
-    def importer(self, name, fromlist=(), quiet=False):
+    @property
+    def importer(self):
+        """``with view.importer:`` is ``with view.sync_imports():``, as in ipyparallel."""
+        return self.sync_imports(True)
+
+    def _import_on_engines(self, name, fromlist=(), quiet=False):
         """Import ``name`` (``from name import fromlist``) on this view's engines."""
         if fromlist:
             statement = f"from {name} import {', '.join(fromlist)}"

@@ -40,6 +40,7 @@ sys.modules.setdefault(_engine_code.MODULE_NAME, _engine_code)
 _SOURCE = inspect.getsource(_engine_code)
 ENGINE_CODE_VERSION = hashlib.sha1(_SOURCE.encode()).hexdigest()[:12]
 HANDLE_CODE = _engine_code.HANDLE_CODE
+OUTPUT_TYPES = _engine_code.OUTPUT_TYPES
 
 dumps = _engine_code.dumps
 loads = _engine_code.loads
@@ -310,6 +311,11 @@ class _Pickler(pickle.Pickler):
             return _function_reduction(obj)
         if type(obj) is types.ModuleType:
             return (__import__, (obj.__name__, None, None, ["__name__"]))
+        if type(obj) is memoryview:
+            # Plain pickle refuses memoryviews; send the memory as a buffer
+            # (out of band when large) and rebuild the view around it.
+            memory = pickle.PickleBuffer(obj) if obj.c_contiguous else obj.tobytes()
+            return (_engine_code._rebuild_memoryview, (memory, obj.format, obj.shape))
         return NotImplemented
 
 

@@ -28,6 +28,8 @@ __all__ = [
     "TaskRejectError",
     "SerializationError",
     "ConnectionFileError",
+    "ClientClosed",
+    "EngineStartError",
     "collect_exceptions",
 ]
 
@@ -93,6 +95,14 @@ class SerializationError(IPythonError, TypeError):
 
 class ConnectionFileError(IPythonError, ValueError):
     """A connection file is missing, unreadable or malformed."""
+
+
+class ClientClosed(IPythonError, RuntimeError):
+    """The Client was closed; make a new one to send more work."""
+
+
+class EngineStartError(IPythonError, RuntimeError):
+    """One or more engine kernels could not be started."""
 
 
 class RemoteError(KernelError):

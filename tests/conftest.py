@@ -1,7 +1,9 @@
 """Shared fixtures: real engine kernels, started once per test session."""
 
 import subprocess
+import time
 
+import psutil
 import pytest
 
 import ipyparallel_ext as ipp
@@ -38,3 +40,53 @@ def kernel_pids():
     """PIDs of ipykernel processes running now (for leak checks)."""
     out = subprocess.run(["pgrep", "-f", "ipykernel_launcher"], capture_output=True, text=True)
     return {int(p) for p in out.stdout.split()}
+
+
+@pytest.fixture
+def make_cluster():
+    """Start purpose-built clusters: ``cluster, rc = make_cluster(n)``; all stopped at teardown."""
+    clusters = []
+
+    def make(n=2, **kwargs):
+        cluster = ipp.Cluster(n=n, **kwargs)
+        clusters.append(cluster)
+        client = cluster.start_and_connect_sync()
+        client.wait_for_engines(n, timeout=60)
+        return cluster, client
+
+    yield make
+    for cluster in clusters:
+        cluster.stop_cluster_sync()
+
+
+# -- helpers for tests (import them: ``from conftest import wait_until``) ----------------------
+
+
+def wait_until(condition, timeout=10.0, interval=0.02):
+    """Poll ``condition`` until it is true; False if ``timeout`` passes first."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(interval)
+    return condition()
+
+
+def alive(pid):
+    """True if process ``pid`` runs (a zombie has exited: not alive)."""
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+@ipp.interactive  # sent by value: engines cannot import the test modules
+def wait_for_file(path, value=True, timeout=30.0):
+    """Runs on an engine: wait until ``path`` exists (the test's go signal), then return ``value``."""
+    import os
+    import time
+
+    deadline = time.monotonic() + timeout
+    while not os.path.exists(path) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return value
