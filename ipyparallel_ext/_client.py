@@ -302,10 +302,17 @@ class Client:
             else:
                 engine.submit(record)
 
-    def call_in_loop(self, fn, *args, timeout=10.0):
-        """Run ``fn(*args)`` on the I/O thread and return its result."""
+    def call_in_loop(self, fn, *args, timeout=10.0, wait=True):
+        """Run ``fn(*args)`` on the I/O thread and return its result.
+
+        With ``wait=False`` it is only scheduled (after everything scheduled
+        before it) and None is returned at once.
+        """
         if self._loop.in_loop():
             return fn(*args)
+        if not wait:
+            self._loop.call_soon(fn, *args)
+            return None
         future = concurrent.futures.Future()
 
         def run():

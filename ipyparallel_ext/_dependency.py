@@ -17,6 +17,7 @@ import functools
 from types import ModuleType
 
 from ._asyncresult import AsyncResult
+from ._engine_code import _require, dependent
 from .error import DependencyTimeout, ImpossibleDependency, InvalidDependency, UnmetDependency
 
 __all__ = ["Dependency", "depend", "dependent", "require"]
@@ -242,44 +243,6 @@ class depend:
 
     def __call__(self, f):
         return dependent(f, self.check, *self.args, **self.kwargs)
-
-
-class dependent:
-    """A function wrapped with a check that must hold on the engine (made by :class:`depend`).
-
-    An object rather than a closure, so that it pickles.
-    """
-
-    def __init__(self, _wrapped_f, _wrapped_check, *dargs, **dkwargs):
-        self.f = _wrapped_f
-        self.df = _wrapped_check
-        self.dargs = dargs
-        self.dkwargs = dkwargs
-        self.__name__ = getattr(_wrapped_f, "__name__", "f")
-        self.__qualname__ = getattr(_wrapped_f, "__qualname__", self.__name__)
-
-    def check_dependency(self) -> None:
-        """Raise UnmetDependency if the check fails here."""
-        if self.df(*self.dargs, **self.dkwargs) is False:
-            raise UnmetDependency(f"{getattr(self.df, '__name__', 'check')} returned False")
-
-    def __call__(self, *args, **kwargs):
-        self.check_dependency()
-        return self.f(*args, **kwargs)
-
-
-def _require(*modules, **mapping):
-    """Engine side of :func:`require`: import ``modules`` and bind ``mapping`` in the user namespace."""
-    from IPython import get_ipython
-
-    user_ns = get_ipython().user_ns
-    for name in modules:
-        try:
-            exec(f"import {name}", user_ns)
-        except ImportError:
-            raise UnmetDependency(f"module {name!r} is not installed on this engine") from None
-    user_ns.update(mapping)
-    return True
 
 
 def require(*objects, **mapping):

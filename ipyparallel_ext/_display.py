@@ -24,6 +24,7 @@ import importlib.util
 import os
 import queue
 import sys
+import threading
 import time
 
 from .error import CompositeError, RemoteError
@@ -310,7 +311,10 @@ class LiveOutput:
         self._printer = StreamPrinter()
         self._notebook_streams: dict | None = {} if notebook else None  # display_id -> [text, shown, dirty]
         self._last_update = 0.0
-        client.call_in_loop(self._attach)
+        # Attached on the I/O thread (where records are written) so that no
+        # output is lost or shown twice; not waited for: finish() waits.
+        self._attached = threading.Event()
+        client.call_in_loop(self._attach, wait=False)
         ar.add_done_callback(lambda _f: self._queue.put(None))  # wakes the waiter
 
     # -- I/O thread ----------------------------------------------------------------
@@ -327,6 +331,7 @@ class LiveOutput:
             if record.execute_result is not None:
                 put((record, "execute_result", record.execute_result))
             record.add_output_listener(self._on_output)
+        self._attached.set()
 
     def _on_output(self, record, kind, content) -> None:
         # Only what will be shown: each put wakes the waiting thread.
@@ -348,6 +353,7 @@ class LiveOutput:
     def finish(self, timeout=OUTPUT_WAIT) -> None:
         """Wait (at most ``timeout``) for the outputs of finished requests, and show them."""
         deadline = time.monotonic() + timeout
+        self._attached.wait(timeout)
         for record in self._records:
             if record.sent is not None and record.state == "done":
                 record.outputs_ready.wait(max(0.0, deadline - time.monotonic()))

@@ -154,6 +154,50 @@ def _resolve_reference(name):
     return value
 
 
+class UnmetDependency(Exception):
+    """Raised on an engine when a task's ``@depend`` check fails there.
+
+    The client's scheduler recognises it by name and tries another engine.
+    """
+
+
+class dependent:
+    """A function wrapped with a check that must hold on the engine (made by ``@depend``).
+
+    An object rather than a closure, so that it pickles; defined here so
+    that engines need nothing of ours installed to run it.
+    """
+
+    def __init__(self, _wrapped_f, _wrapped_check, *dargs, **dkwargs):
+        self.f = _wrapped_f
+        self.df = _wrapped_check
+        self.dargs = dargs
+        self.dkwargs = dkwargs
+        self.__name__ = getattr(_wrapped_f, "__name__", "f")
+        self.__qualname__ = getattr(_wrapped_f, "__qualname__", self.__name__)
+
+    def check_dependency(self):
+        """Raise UnmetDependency if the check fails here."""
+        if self.df(*self.dargs, **self.dkwargs) is False:
+            raise UnmetDependency(f"{getattr(self.df, '__name__', 'check')} returned False")
+
+    def __call__(self, *args, **kwargs):
+        self.check_dependency()
+        return self.f(*args, **kwargs)
+
+
+def _require(*modules, **mapping):
+    """Engine side of ``@require``: import ``modules`` and bind ``mapping`` in the user namespace."""
+    user_ns = _user_ns()
+    for name in modules:
+        try:
+            exec(f"import {name}", user_ns)
+        except ImportError:
+            raise UnmetDependency(f"module {name!r} is not installed on this engine") from None
+    user_ns.update(mapping)
+    return True
+
+
 # ---------------------------------------------------------------------------
 # Engine side: serving requests
 # ---------------------------------------------------------------------------

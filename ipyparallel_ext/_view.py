@@ -130,7 +130,7 @@ class View:
 
     def wait(self, jobs=None, timeout=-1) -> bool:
         """Wait for ``jobs`` (default: this view's outstanding work); True if all done."""
-        return self.client.wait(self.history if jobs is None else jobs, timeout)
+        return self.client.wait(self.outstanding if jobs is None else jobs, timeout)
 
     def spin(self) -> None:
         """Kept for compatibility; nothing to do."""

@@ -21,6 +21,7 @@ import collections
 import hashlib
 import hmac
 import inspect
+import itertools
 import json
 import marshal
 import pickle
@@ -36,6 +37,14 @@ from .error import SerializationError
 # and References name it, so the client must resolve the name to the same
 # code when pickling.
 sys.modules.setdefault(_engine_code.MODULE_NAME, _engine_code)
+# pickle names a function or class by its __module__: make the engine-side
+# helpers (map_chunk, dependent, _rebuild_function, ...) travel as
+# ``_ipp_ext_engine.<name>``, which every engine has, rather than as
+# ``ipyparallel_ext._engine_code.<name>``, which engines need not have.
+for _obj in list(vars(_engine_code).values()):
+    if isinstance(_obj, (types.FunctionType, type)) and _obj.__module__ == _engine_code.__name__:
+        _obj.__module__ = _engine_code.MODULE_NAME
+del _obj
 
 _SOURCE = inspect.getsource(_engine_code)
 ENGINE_CODE_VERSION = hashlib.sha1(_SOURCE.encode()).hexdigest()[:12]
@@ -198,9 +207,17 @@ class MessageCodec:
         }
 
 
+_ID_PREFIX = uuid.uuid4().hex[:16]
+_id_counter = itertools.count()
+
+
 def new_msg_id() -> str:
-    """A fresh message id."""
-    return uuid.uuid4().hex
+    """A fresh message id: unique per process, without a system call.
+
+    (uuid4 reads os.urandom, which releases the GIL and so hands it to the
+    I/O thread on every request.)
+    """
+    return f"{_ID_PREFIX}_{next(_id_counter)}"
 
 
 def request_content(code: str, silent: bool = True) -> dict:
