@@ -91,8 +91,23 @@ def _install_run(args) -> int:
     return 0
 
 
+def _demo_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("-n", type=int, default=2, help="how many engines (default 2)")
+
+
+def _demo_run(args) -> int:
+    from ._demo import main as demo
+
+    return demo(args.n)
+
+
 # name -> (help, add_arguments(parser), run(args) -> exit status)
 COMMANDS = {
+    "demo": (
+        "start local engines, run apply/map/push/pull/scatter/gather on them, print results and timings",
+        _demo_arguments,
+        _demo_run,
+    ),
     "install-kernelspecs": (
         "install the engine kernelspec and the 'Python 3 (parallel)' notebook kernelspec",
         _install_arguments,
