@@ -15,7 +15,7 @@ import threading
 import time
 
 from . import _display
-from .error import CompositeError, RemoteError
+from .error import composite_error
 
 _FOREVER = None
 
@@ -86,7 +86,7 @@ class AsyncResult(concurrent.futures.Future):
         elif self._single_result and len(errors) == 1:
             self.set_exception(errors[0])
         else:
-            self.set_exception(_composite(errors, self._fname))
+            self.set_exception(composite_error(errors, self._fname))
 
     # -- results (any thread) -------------------------------------------------------
 
@@ -280,20 +280,6 @@ _OUTPUT_KEYS = {"stdout", "stderr", "outputs", "execute_result", "execute_input"
 _METADATA_KEYS = _OUTPUT_KEYS | {
     "msg_id", "engine_id", "submitted", "started", "completed", "received", "status", "error",
 }
-
-
-def _composite(errors, fname) -> CompositeError:
-    elist = []
-    for err in errors:
-        if isinstance(err, CompositeError):
-            elist.extend(err.elist)
-        elif isinstance(err, RemoteError):
-            elist.append((err.ename, err.evalue, err.traceback, err.engine_info))
-        else:
-            elist.append((type(err).__name__, str(err), str(err), getattr(err, "engine_info", {})))
-    composite = CompositeError(f"one or more exceptions raised in: {fname}", elist)
-    composite.errors = list(errors)
-    return composite
 
 
 class AsyncMapResult(AsyncResult):

@@ -483,8 +483,21 @@ class Client:
         """Stop (or restart) engines; with ``hub=True`` stop all of them and close."""
         if hub:
             targets = "all"
-        ids = self.resolve_targets(targets) if self._ids else []
-        if self._cluster is not None and self._cluster.owns(self):
+        owned = self._cluster is not None and self._cluster.owns(self)
+        if owned and restart:
+            # A dead engine is what one most wants to restart: its Cluster
+            # still knows it, so resolve against the Cluster's engines.
+            known = sorted(self._cluster.engines)
+            if targets is None or targets == "all":
+                ids = known
+            else:
+                ids = [targets] if isinstance(targets, int) else list(targets)
+                unknown = [i for i in ids if i not in known]
+                if unknown:
+                    raise IndexError(f"no engine with id {unknown[0]} in this cluster (engines: {known})")
+        else:
+            ids = self.resolve_targets(targets) if self._ids else []
+        if owned:
             if restart:
                 self._cluster.restart_engines_sync(ids)
                 if block or block is None:

@@ -18,7 +18,7 @@ from types import ModuleType
 
 from ._asyncresult import AsyncResult
 from ._engine_code import _require, dependent
-from .error import DependencyTimeout, ImpossibleDependency, InvalidDependency, UnmetDependency
+from .error import DependencyTimeout, ImpossibleDependency, InvalidDependency
 
 __all__ = ["Dependency", "depend", "dependent", "require"]
 

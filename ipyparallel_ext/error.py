@@ -31,6 +31,7 @@ __all__ = [
     "ClientClosed",
     "EngineStartError",
     "collect_exceptions",
+    "composite_error",
 ]
 
 # ipyparallel exposes error.TimeoutError; it is the builtin one.
@@ -238,19 +239,33 @@ class AlreadyDisplayedError(RemoteError):
         return [str(self)]
 
 
+def composite_error(errors, method="unspecified") -> CompositeError:
+    """One CompositeError for ``errors`` (nested CompositeErrors are flattened).
+
+    Errors that did not happen in user code (an EngineError, a TaskAborted)
+    become entries too, under their own class name; the originals stay
+    available as ``.errors``.
+    """
+    elist = []
+    for err in errors:
+        if isinstance(err, CompositeError):
+            elist.extend(err.elist)
+        elif isinstance(err, RemoteError):
+            elist.append((err.ename, err.evalue, err.traceback, err.engine_info))
+        else:
+            elist.append((type(err).__name__, str(err), str(err), getattr(err, "engine_info", {})))
+    composite = CompositeError(f"one or more exceptions raised in: {method}", elist)
+    composite.errors = list(errors)
+    return composite
+
+
 def collect_exceptions(results, method="unspecified"):
     """Raise a :class:`CompositeError` if any of ``results`` is a RemoteError.
 
-    Nested CompositeErrors are flattened.  Returns ``results`` unchanged when
-    nothing failed.
+    Returns ``results`` unchanged when nothing failed.
     """
     values = results.values() if isinstance(results, dict) else results
-    elist = []
-    for r in values:
-        if isinstance(r, CompositeError):
-            elist.extend(r.elist)
-        elif isinstance(r, RemoteError):
-            elist.append((r.ename, r.evalue, r.traceback, r.engine_info))
-    if elist:
-        raise CompositeError(f"one or more exceptions raised in: {method}", elist)
+    remote = [r for r in values if isinstance(r, RemoteError)]
+    if remote:
+        raise composite_error(remote, method)
     return results

@@ -90,3 +90,11 @@ def wait_for_file(path, value=True, timeout=30.0):
     while not os.path.exists(path) and time.monotonic() < deadline:
         time.sleep(0.01)
     return value
+
+
+@ipp.interactive
+def fail_at(x, bad):
+    """Runs on an engine: return ``x``, or raise ValueError when ``x == bad``."""
+    if x == bad:
+        raise ValueError(f"bad {x}")
+    return x

@@ -125,6 +125,18 @@ def test_restart_brings_engine_back_under_same_id(make_cluster, tmp_path, caplog
     assert rc[:].apply_sync(lambda: "both") == ["both", "both"]
 
 
+def test_restart_brings_a_dead_engine_back(make_cluster):
+    _cluster, rc = make_cluster(2)
+    pid = rc[1].apply_sync(os.getpid)
+    os.kill(pid, signal.SIGKILL)
+    assert wait_until(lambda: rc.ids == [0], timeout=10)
+    with pytest.raises(IndexError):
+        rc.shutdown(targets=[7], restart=True)
+    rc.shutdown(targets=[1], restart=True)  # the dead engine, by its id
+    assert rc.ids == [0, 1]
+    assert rc[1].apply_sync(os.getpid) not in (pid, None)
+
+
 def test_restart_needs_a_cluster(cluster):
     with ipp.Client(connection_files=cluster.connection_files) as attached:
         attached.wait_for_engines(2, timeout=30)

@@ -5,7 +5,7 @@ import itertools
 import time
 
 import pytest
-from conftest import wait_for_file, wait_until
+from conftest import fail_at, wait_for_file, wait_until
 
 import ipyparallel_ext as ipp
 
@@ -15,13 +15,6 @@ T = 30
 @ipp.interactive
 def double(x):
     return 2 * x
-
-
-@ipp.interactive
-def fail_at(x, bad):
-    if x == bad:
-        raise ValueError(f"bad {x}")
-    return x
 
 
 @pytest.fixture

@@ -4,7 +4,7 @@ import gc
 import weakref
 
 import pytest
-from conftest import wait_for_file, wait_until
+from conftest import fail_at, wait_for_file, wait_until
 
 import ipyparallel_ext as ipp
 
@@ -19,13 +19,6 @@ def double(x):
 @ipp.interactive
 def echo(x):
     print(f"out {x}")
-    return x
-
-
-@ipp.interactive
-def fail_at(x, bad):
-    if x == bad:
-        raise ValueError(f"bad {x}")
     return x
 
 
