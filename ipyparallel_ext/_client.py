@@ -16,6 +16,7 @@ import signal
 import sys
 import threading
 import time
+import weakref
 from collections.abc import Iterable
 
 from . import _wire
@@ -89,6 +90,7 @@ class Client:
         self._records: dict = {}
         self.history: list = []
         self._pickler = pickler
+        self._views: weakref.WeakSet = weakref.WeakSet()  # views whose history purge_results prunes
         self._schedulers: list = []  # load-balancing schedulers to tell about free engines
         self._closed = False
         self._retiring: set = set()  # connections to engines being stopped on purpose (I/O thread)
@@ -156,6 +158,40 @@ class Client:
                     engine.die(reason)
 
         self.call_in_loop(on_loop)
+
+    @property
+    def pickler(self) -> str:
+        """How payloads are pickled: 'pickle', 'dill' or 'cloudpickle' (see ``use_dill``)."""
+        return self._pickler
+
+    @pickler.setter
+    def pickler(self, name: str) -> None:
+        self._pickler = name
+
+    @property
+    def io_loop(self):
+        """The I/O loop that owns this client's sockets (for components that run on it)."""
+        return self._loop
+
+    def get_scheduler(self, factory):
+        """This client's scheduler of type ``factory``, made (``factory(client)``) on first use.
+
+        Schedulers run on the I/O thread and are told about engines coming,
+        going and freeing up (``engines_changed``, ``engine_free``), aborts
+        and queue status.
+        """
+        with self._ids_changed:
+            for scheduler in self._schedulers:
+                if isinstance(scheduler, factory):
+                    return scheduler
+            scheduler = factory(self)
+            self._schedulers.append(scheduler)
+        self._loop.call_soon(scheduler.engines_changed)
+        return scheduler
+
+    def register_view(self, view) -> None:
+        """Remember ``view`` so that :meth:`purge_results` also prunes its history."""
+        self._views.add(view)
 
     def engine_free(self, engine) -> None:
         for scheduler in self._schedulers:
@@ -399,7 +435,10 @@ class Client:
         for msg_id in gone:
             self._records.pop(msg_id, None)
         if gone:
-            self.history[:] = [m for m in self.history if m not in gone]
+            # Views keep their own histories: forget the purged ids there
+            # too, so memory stays flat however many tasks were run and purged.
+            for history in [self.history, *(view.history for view in list(self._views))]:
+                history[:] = [m for m in history if m not in gone]
 
     def queue_status(self, targets="all", verbose=False) -> dict:
         """Per engine: requests queued and in flight here, and done; plus 'unassigned'."""

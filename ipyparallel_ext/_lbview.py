@@ -143,7 +143,7 @@ class LoadBalancedView(View):
         """One task calling ``f(*args, **kwargs)``; its AsyncResult (not blocking)."""
         if not callable(f):
             raise TypeError(f"apply needs a callable, not {f!r}")
-        frames = _wire.serialize_call(f, args, kwargs, self.client._pickler)
+        frames = _wire.serialize_call(f, args, kwargs, self.client.pickler)
         task = self._task(flags, f, frames=frames)
         # The AsyncResult listens to the record before the I/O thread may finish it.
         ar = AsyncResult(self.client, [task], fname=_name(f), single=True)
@@ -187,7 +187,7 @@ class LoadBalancedView(View):
         pickled, the tasks already handed over are aborted if they have not
         started, the others fail with the error, and it is raised here.
         """
-        pickler = self.client._pickler
+        pickler = self.client.pickler
         sent, group = 0, 8
         try:
             for i, (task, args) in enumerate(zip(tasks, chunks), 1):

@@ -54,7 +54,6 @@ from __future__ import annotations
 import collections
 import itertools
 import math
-import threading
 import time
 
 from ._dependency import DependencyWaiter
@@ -99,19 +98,9 @@ class _Slot:
                 and self.batches[-1].pipelinable)
 
 
-_registry_lock = threading.Lock()
-
-
-def scheduler_for(client) -> TaskScheduler:
+def scheduler_for(client) -> "TaskScheduler":
     """The client's scheduler, made and registered on first use."""
-    with _registry_lock:
-        for scheduler in client._schedulers:
-            if isinstance(scheduler, TaskScheduler):
-                return scheduler
-        scheduler = TaskScheduler(client)
-        client._schedulers.append(scheduler)
-    client._loop.call_soon(scheduler.engines_changed)
-    return scheduler
+    return client.get_scheduler(TaskScheduler)
 
 
 class TaskScheduler:
@@ -122,7 +111,7 @@ class TaskScheduler:
 
     def __init__(self, client):
         self.client = client
-        self.loop = client._loop
+        self.loop = client.io_loop
         self.slots: dict = {}  # engine id -> _Slot, live engines only
         self.groups: dict = {}  # frozenset of engine ids (None: any) -> deque of ready Tasks
         self.n_ready = 0  # PENDING tasks in self.groups

@@ -38,6 +38,7 @@ class View:
         self.track = track
         self.targets = targets
         self.history: list = []
+        client.register_view(self)
         self.set_flags(**flags)
 
     # -- flags ------------------------------------------------------------------------
@@ -203,7 +204,7 @@ class DirectView(View):
         if not callable(f):
             raise TypeError(f"apply needs a callable, not {f!r}")
         ids, single = self._targets(targets)
-        frames = _wire.serialize_call(f, args, kwargs, self.client._pickler)
+        frames = _wire.serialize_call(f, args, kwargs, self.client.pickler)
         return self._send("apply", ids, single, block, getattr(f, "__name__", "apply"), frames,
                           track=self._flags(track=track)["track"])
 
@@ -236,7 +237,7 @@ class DirectView(View):
         if not isinstance(ns, dict):
             raise TypeError(f"push needs a dict of names to values, not {type(ns).__name__}")
         ids, single = self._targets(targets)
-        frames = _wire.serialize(ns, self.client._pickler, f"pushed values {sorted(ns)}")
+        frames = _wire.serialize(ns, self.client.pickler, f"pushed values {sorted(ns)}")
         return self._send("push", ids, single, block, "push", frames,
                           track=self._flags(track=track)["track"])
 
@@ -272,7 +273,7 @@ class DirectView(View):
         ids, _single = self._targets(targets)
         parts = _mapping.partition(seq, len(ids), dist)
         records = []
-        pickler = self.client._pickler
+        pickler = self.client.pickler
         track = self._flags(track=track)["track"]
         for eid, part in zip(ids, parts):
             if flatten and len(part) == 1:
@@ -304,7 +305,7 @@ class DirectView(View):
 
     def _apply_per_engine(self, f, ids, calls, block=None, join=None, chunk_sizes=None):
         """Call ``f(*calls[i])`` on engine ``ids[i]``; one AsyncResult over all of them."""
-        pickler = self.client._pickler
+        pickler = self.client.pickler
         records = [self.client.new_record("apply", frames=_wire.serialize_call(f, args, {}, pickler))
                    for args in calls]
         name = getattr(f, "__name__", "apply")
@@ -335,7 +336,7 @@ class DirectView(View):
         ids, single = self._targets()
         ar = self._send("pickler", ids, single, False, f"use_{name}", spec={"op": "pickler", "name": name})
         ar.get()
-        self.client._pickler = name
+        self.client.pickler = name
         return ar
 
     def use_dill(self):

@@ -162,8 +162,11 @@ def test_purge_results(rc):
     assert not any(m in rc.results for a in ars for m in a.msg_ids)
     other = rc[1].apply_async(lambda: 1)
     other.get(timeout=30)
+    lv = rc.load_balanced_view()
+    lv.map_sync(abs, range(-5, 0))
     rc.purge_results("all")
     assert rc.results == {}
+    assert lv.history == []  # views forget purged work too: memory stays flat
     # Results already held by an AsyncResult stay available to it.
     assert other.get(timeout=1) == 1
 
