@@ -16,6 +16,7 @@ import collections
 import logging
 import signal
 import time
+import weakref
 
 import zmq
 
@@ -297,7 +298,9 @@ class EngineConnection:
             record.outputs_expected = expected
             if record.outputs_seen >= expected:
                 self._outputs_complete(record)
-        self._output_deadlines.append((time.monotonic() + OUTPUT_GRACE, record))
+        # A weak reference: a record whose outputs are in (no longer in
+        # routes) and whose AsyncResult is gone is freed now, not in 2 s.
+        self._output_deadlines.append((time.monotonic() + OUTPUT_GRACE, weakref.ref(record)))
         if len(self._output_deadlines) == 1:
             self.loop.call_later(OUTPUT_GRACE, self._expire_outputs)
         self._pump()
@@ -360,8 +363,8 @@ class EngineConnection:
         now = time.monotonic()
         deadlines = self._output_deadlines
         while deadlines and deadlines[0][0] <= now:
-            _, record = deadlines.popleft()
-            if not record.outputs_ready.is_set():
+            record = deadlines.popleft()[1]()
+            if record is not None and not record.outputs_ready.is_set():
                 record.outputs_ready.set()
                 self.routes.pop(record.msg_id, None)
                 for task in record.task or ():  # a batch: its finished tasks' routes too
