@@ -98,3 +98,26 @@ def fail_at(x, bad):
     if x == bad:
         raise ValueError(f"bad {x}")
     return x
+
+
+@ipp.interactive
+def getpid():
+    """Runs on an engine: its process id."""
+    import os
+
+    return os.getpid()
+
+
+@ipp.interactive
+def double(x):
+    """Runs on an engine: ``2 * x``."""
+    return 2 * x
+
+
+@ipp.interactive
+def snooze(t):
+    """Runs on an engine: sleep ``t`` seconds, return ``t``."""
+    import time
+
+    time.sleep(t)
+    return t

@@ -1,23 +1,11 @@
 """after / follow / timeout dependencies, retries, and @depend / @require, on real engines."""
 
 import pytest
-from conftest import wait_for_file
+from conftest import double, getpid, wait_for_file
 
 import ipyparallel_ext as ipp
 
 T = 30
-
-
-@ipp.interactive
-def getpid():
-    import os
-
-    return os.getpid()
-
-
-@ipp.interactive
-def double(x):
-    return 2 * x
 
 
 @ipp.interactive

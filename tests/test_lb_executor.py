@@ -5,16 +5,11 @@ import itertools
 import time
 
 import pytest
-from conftest import fail_at, wait_for_file, wait_until
+from conftest import double, fail_at, wait_for_file, wait_until
 
 import ipyparallel_ext as ipp
 
 T = 30
-
-
-@ipp.interactive
-def double(x):
-    return 2 * x
 
 
 @pytest.fixture

@@ -9,31 +9,11 @@ import signal
 import time
 
 import pytest
-from conftest import alive, wait_until
+from conftest import alive, double, getpid, snooze, wait_until
 
 import ipyparallel_ext as ipp
 
 T = 60
-
-
-@ipp.interactive
-def getpid():
-    import os
-
-    return os.getpid()
-
-
-@ipp.interactive
-def snooze(t):
-    import time
-
-    time.sleep(t)
-    return t
-
-
-@ipp.interactive
-def double(x):
-    return 2 * x
 
 
 def _pids(rc):

@@ -4,30 +4,17 @@ import gc
 import weakref
 
 import pytest
-from conftest import fail_at, wait_for_file, wait_until
+from conftest import double, fail_at, snooze, wait_for_file, wait_until
 
 import ipyparallel_ext as ipp
 
 T = 30  # generous deadline for any single wait
 
 
-@ipp.interactive  # sent by value: engines cannot import the test modules
-def double(x):
-    return 2 * x
-
-
 @ipp.interactive
 def echo(x):
     print(f"out {x}")
     return x
-
-
-@ipp.interactive
-def snooze(t):
-    import time
-
-    time.sleep(t)
-    return t
 
 
 @pytest.fixture
