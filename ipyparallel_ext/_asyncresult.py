@@ -231,7 +231,7 @@ class AsyncResult(concurrent.futures.Future):
                 raise TimeoutError("requests not sent yet")
             time.sleep(0.001)
         for record in self._records:
-            tracker = record.spec.get("tracker")
+            tracker = record.tracker
             if tracker is not None:
                 left = None if deadline is None else max(0.0, deadline - time.monotonic())
                 tracker.wait(left)

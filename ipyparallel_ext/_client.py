@@ -593,10 +593,5 @@ class Client:
 def _wait_record(record, timeout) -> None:
     """Block until ``record`` is done (or ``timeout``)."""
     event = threading.Event()
-    record_done = event.set
-    # add_done_listener runs on the I/O thread normally; a late listener on a
-    # done record fires at once, so there is no lost wake-up.
-    record._listeners.append(lambda r: record_done())
-    if record.state == DONE:
-        return
+    record.add_done_listener(lambda _record: event.set())
     event.wait(timeout)

@@ -21,7 +21,7 @@ import weakref
 import zmq
 
 from . import _wire
-from ._record import DONE, PENDING, SENT
+from ._record import DONE, PENDING, SENT, MessageRecord
 from .error import EngineError, RemoteError, TaskAborted
 
 log = logging.getLogger("ipyparallel_ext")
@@ -205,8 +205,6 @@ class EngineConnection:
     # -- sending ----------------------------------------------------------------
 
     def _new_record(self, op, **kwargs):
-        from ._record import MessageRecord
-
         return MessageRecord(_wire.new_msg_id(), op, **kwargs)
 
     def submit(self, record) -> None:
@@ -255,9 +253,9 @@ class EngineConnection:
         for task in record.task or ():
             if task is not record:
                 self.routes[task.msg_id] = task
-        tracker = self.shell.send_multipart(frames + record.frames, copy=False, track=record.spec.get("track", False))
-        if record.spec.get("track"):
-            record.spec["tracker"] = tracker
+        tracker = self.shell.send_multipart(frames + record.frames, copy=False, track=record.track)
+        if record.track:
+            record.tracker = tracker
         record.frames = []
 
     def send_control(self, msg_type: str, content: dict | None = None) -> None:
@@ -365,12 +363,7 @@ class EngineConnection:
         while deadlines and deadlines[0][0] <= now:
             record = deadlines.popleft()[1]()
             if record is not None and not record.outputs_ready.is_set():
-                record.outputs_ready.set()
-                self.routes.pop(record.msg_id, None)
-                for task in record.task or ():  # a batch: its finished tasks' routes too
-                    if task.state == DONE and self.routes.get(task.msg_id) is task:
-                        del self.routes[task.msg_id]
-                        task.outputs_ready.set()
+                self._outputs_complete(record)
         if deadlines:
             self.loop.call_later(deadlines[0][0] - now, self._expire_outputs)
 

@@ -20,6 +20,7 @@ result travels on the shell channel, in the reply of the request that made
 it, as pickle-protocol-5 frames with out-of-band buffers.
 """
 
+import io
 import marshal
 import pickle
 import sys
@@ -86,8 +87,6 @@ def dumps(obj, pickler="pickle", pickler_class=None):
         return False
 
     if pickler_class is not None:
-        import io
-
         out = io.BytesIO()
         pickler_class(out, protocol=5, buffer_callback=keep_large).dump(obj)
         frames[0] = out.getvalue()
@@ -110,13 +109,14 @@ def loads(frames, pickler="pickle"):
 def _rebuild_function(code, globals_ns, name, qualname, defaults, kwdefaults, closure, attrs):
     """Recreate a function that was pickled by value.
 
-    ``globals_ns`` is either a dict of the globals the function uses (module
-    functions) or ``None``, meaning "the engine's interactive namespace", as
-    for functions defined in a notebook or marked ``@interactive``.
+    ``globals_ns`` holds the globals the function uses (module functions),
+    or, when it has the key ``__ipp_ext_main__``, only the modules an
+    interactive function (notebook, ``@interactive``) uses: such a function
+    runs in the engine's namespace, where those modules are bound if missing.
     """
-    if globals_ns is None or "__ipp_ext_main__" in globals_ns:
+    if "__ipp_ext_main__" in globals_ns:
         user_ns = _user_ns()
-        for key, value in (globals_ns or {}).items():
+        for key, value in globals_ns.items():
             if key != "__ipp_ext_main__":
                 user_ns.setdefault(key, value)  # modules the function uses
         namespace = user_ns

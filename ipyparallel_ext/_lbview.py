@@ -134,7 +134,7 @@ class LoadBalancedView(View):
         task.fkey = _function_key(f)
         task.weight = weight
         if flags["track"]:
-            task.spec["track"] = True
+            task.track = True
         if frames is not None:
             _set_frames(task, frames)
         return task

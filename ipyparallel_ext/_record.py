@@ -20,6 +20,11 @@ SENT = "sent"  # on its way to, or running on, an engine
 DONE = "done"
 
 
+# Guards the hand-over between add_done_listener (any thread) and finish
+# (I/O thread); one lock for all records, held for a few instructions.
+_listeners_lock = threading.Lock()
+
+
 def _timestamp(seconds: float | None):
     return None if seconds is None else datetime.fromtimestamp(seconds, timezone.utc)
 
@@ -42,8 +47,8 @@ class MessageRecord:
         "submitted", "sent", "started", "completed", "received",
         "status", "error", "result_frames", "pickler",
         "stdout", "stderr", "outputs", "execute_result", "execute_input",
-        "outputs_ready", "outputs_seen", "outputs_expected", "_listeners", "_output_listeners", "_value", "_lock",
-        "task", "__weakref__",
+        "outputs_ready", "outputs_seen", "outputs_expected", "_listeners", "_output_listeners", "_value",
+        "task", "track", "tracker", "__weakref__",
     )
 
     def __init__(self, msg_id, op, frames=(), spec=None, code=None, pickler="pickle"):
@@ -70,17 +75,24 @@ class MessageRecord:
         self.outputs_expected = None  # outputs the engine says it published (from the reply)
         self._listeners = []
         self._output_listeners = []
-        self._value = self._lock = None
+        self._value = None
         self.task = None  # load-balancing bookkeeping, owned by the scheduler
-
-    # -- I/O thread -----------------------------------------------------------
+        self.track = False  # keep zmq's MessageTracker for the send (``track=True``)
+        self.tracker = None
 
     def add_done_listener(self, fn) -> None:
-        """Call ``fn(record)`` once the record is done (at once if it is)."""
-        if self.state == DONE:
-            fn(self)
-        else:
-            self._listeners.append(fn)
+        """Call ``fn(record)`` once the record is done (at once, here, if it is).
+
+        Safe from any thread: a listener added while the I/O thread finishes
+        the record is called exactly once, by one of the two.
+        """
+        with _listeners_lock:
+            if self.state != DONE:
+                self._listeners.append(fn)
+                return
+        fn(self)
+
+    # -- I/O thread -----------------------------------------------------------
 
     def add_output_listener(self, fn) -> None:
         """Call ``fn(record, kind, content)`` for each output as it arrives (I/O thread)."""
@@ -93,7 +105,6 @@ class MessageRecord:
             return False
         if self.state == PENDING:  # never sent (aborted, engine gone): no output will come
             self.outputs_ready.set()
-        self.state = DONE
         self.status = status
         self.error = error
         self.result_frames = result_frames
@@ -101,7 +112,9 @@ class MessageRecord:
         self.completed = completed
         self.received = time.time()
         self.frames = []  # let payload memory go as soon as possible
-        listeners, self._listeners = self._listeners, []
+        with _listeners_lock:
+            self.state = DONE
+            listeners, self._listeners = self._listeners, []
         for fn in listeners:
             fn(self)
         return True

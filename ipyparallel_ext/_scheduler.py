@@ -347,10 +347,9 @@ class TaskScheduler:
                 one = self._estimate(task)
                 estimate = None if one is None else estimate + one
         spec = {"op": "batch", "tasks": specs}
-        tracked = [t for t in tasks if t.spec.get("track")]
-        if tracked:
-            spec["track"] = True
+        tracked = [t for t in tasks if t.track]
         batch = Batch(tasks, frames, spec)
+        batch.track = bool(tracked)
         batch.slot = slot
         batch.limit = tasks[0].time_limit
         batch.pipelinable = batch.limit is None and estimate is not None and estimate <= PIPELINE_MAX
@@ -373,7 +372,7 @@ class TaskScheduler:
         if idle and batch.state == SENT:
             self._started(batch)
         for task in tracked:
-            task.spec["tracker"] = spec.get("tracker")
+            task.tracker = batch.tracker
         self.stats["batches"] += 1
         self.stats["tasks"] += len(tasks)
 

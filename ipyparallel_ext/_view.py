@@ -193,7 +193,7 @@ class DirectView(View):
         for eid in engine_ids:
             record = self.client.new_record(op, frames=frames, spec=dict(spec or {"op": op}), code=code)
             if track:
-                record.spec["track"] = True
+                record.track = True
             records.append(record)
         ar = AsyncResult(self.client, records, fname=fname, single=single,
                          postprocess=postprocess, join=join)
@@ -281,7 +281,7 @@ class DirectView(View):
             frames = _wire.serialize({key: part}, pickler, f"part of {key!r}")
             record = self.client.new_record("push", frames=frames)
             if track:
-                record.spec["track"] = True
+                record.track = True
             records.append(record)
         ar = AsyncResult(self.client, records, fname="scatter")
         self.client.submit(zip(ids, records))
