@@ -334,7 +334,6 @@ class Client:
             engine = self._engines.get(engine_id)
             if engine is None:
                 record.finish("error", EngineError(f"no engine with id {engine_id}"))
-                record.outputs_ready.set()
             else:
                 engine.submit(record)
 
@@ -401,14 +400,7 @@ class Client:
 
     def wait(self, jobs=None, timeout=-1) -> bool:
         """Wait for ``jobs`` (default: everything outstanding); True if all finished."""
-        deadline = None if timeout is None or timeout < 0 else time.monotonic() + timeout
-        for record in self._records_for(jobs):
-            while record.state != DONE:
-                left = None if deadline is None else deadline - time.monotonic()
-                if left is not None and left <= 0:
-                    return False
-                _wait_record(record, left)
-        return True
+        return AsyncResult(self, self._records_for(jobs), fname="wait").wait(timeout)
 
     def get_result(self, indices_or_msg_ids=None, block=None, owner=False):
         """An AsyncResult for earlier requests (by msg_id or history index)."""
@@ -588,10 +580,3 @@ class Client:
 
     def __repr__(self) -> str:
         return f"<ipyparallel_ext.Client: {len(self._ids)} engines>"
-
-
-def _wait_record(record, timeout) -> None:
-    """Block until ``record`` is done (or ``timeout``)."""
-    event = threading.Event()
-    record.add_done_listener(lambda _record: event.set())
-    event.wait(timeout)

@@ -186,19 +186,26 @@ class DirectView(View):
         single = isinstance(targets, int) and not isinstance(targets, bool)
         return self.client.resolve_targets(targets), single
 
-    def _send(self, op, engine_ids, single, block, fname, frames=(), spec=None, code=None,
-              postprocess=None, join=None, track=False):
-        """One record per engine, sent together; the AsyncResult, or its value if ``block``."""
+    def _submit(self, op, engine_ids, frames_per_engine, block, fname, spec=None, code=None,
+                track=False, result_class=AsyncResult, **result_kwargs):
+        """One record per engine (with its own frames), sent together.
+
+        Returns the AsyncResult (a ``result_class``), or its value if ``block``.
+        """
         records = []
-        for eid in engine_ids:
+        for frames in frames_per_engine:
             record = self.client.new_record(op, frames=frames, spec=dict(spec or {"op": op}), code=code)
-            if track:
-                record.track = True
+            record.track = bool(track)
             records.append(record)
-        ar = AsyncResult(self.client, records, fname=fname, single=single,
-                         postprocess=postprocess, join=join)
+        ar = result_class(self.client, records, fname=fname, **result_kwargs)
         self.client.submit(zip(engine_ids, records))
         return self._finish(ar, self._flags(block=block)["block"])
+
+    def _send(self, op, engine_ids, single, block, fname, frames=(), spec=None, code=None,
+              postprocess=None, join=None, track=False):
+        """The same request to every engine; the AsyncResult, or its value if ``block``."""
+        return self._submit(op, engine_ids, [frames] * len(engine_ids), block, fname, spec, code,
+                            track, single=single, postprocess=postprocess, join=join)
 
     def _really_apply(self, f, args, kwargs, block=None, track=None, targets=None):
         if not callable(f):
@@ -271,21 +278,12 @@ class DirectView(View):
         With ``flatten=True`` a part of one element is pushed as the element.
         """
         ids, _single = self._targets(targets)
-        parts = _mapping.partition(seq, len(ids), dist)
-        records = []
         pickler = self.client.pickler
-        track = self._flags(track=track)["track"]
-        for eid, part in zip(ids, parts):
-            if flatten and len(part) == 1:
-                part = part[0]
-            frames = _wire.serialize({key: part}, pickler, f"part of {key!r}")
-            record = self.client.new_record("push", frames=frames)
-            if track:
-                record.track = True
-            records.append(record)
-        ar = AsyncResult(self.client, records, fname="scatter")
-        self.client.submit(zip(ids, records))
-        self._finish(ar, False)
+        frames = [
+            _wire.serialize({key: part[0] if flatten and len(part) == 1 else part}, pickler, f"part of {key!r}")
+            for part in _mapping.partition(seq, len(ids), dist)
+        ]
+        ar = self._submit("push", ids, frames, False, "scatter", track=self._flags(track=track)["track"])
         if self._flags(block=block)["block"]:
             ar.get()
             return None  # as ipyparallel: a blocking scatter returns nothing
@@ -306,15 +304,12 @@ class DirectView(View):
     def _apply_per_engine(self, f, ids, calls, block=None, join=None, chunk_sizes=None):
         """Call ``f(*calls[i])`` on engine ``ids[i]``; one AsyncResult over all of them."""
         pickler = self.client.pickler
-        records = [self.client.new_record("apply", frames=_wire.serialize_call(f, args, {}, pickler))
-                   for args in calls]
+        frames = [_wire.serialize_call(f, args, {}, pickler) for args in calls]
         name = getattr(f, "__name__", "apply")
         if chunk_sizes is not None:
-            ar = AsyncMapResult(self.client, records, fname=name, chunk_sizes=chunk_sizes)
-        else:
-            ar = AsyncResult(self.client, records, fname=name, join=join)
-        self.client.submit(zip(ids, records))
-        return self._finish(ar, self._flags(block=block)["block"])
+            return self._submit("apply", ids, frames, block, name,
+                                result_class=AsyncMapResult, chunk_sizes=chunk_sizes)
+        return self._submit("apply", ids, frames, block, name, join=join)
 
     def _map(self, f, sequences, block=None, **kwargs):
         """One chunk per engine: engine ``i`` maps ``f`` over part ``i`` of each sequence."""
