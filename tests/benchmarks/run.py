@@ -484,7 +484,7 @@ def rows_for(P: Params) -> list[Row]:
     return [
         Row("start.total_s", f"start {N_ENGINES} engines to usable client [s]", "{:.2f}", ("le", 1.5), 6.5),
         Row("start.stop_s", "stop cluster [s]", "{:.2f}"),
-        Row("apply_sync.ms", "apply_sync round trip, 1 engine [ms]", "{:.3f}", ("rle", 0.75), 2.06),
+        Row("apply_sync.ms", "apply_sync round trip, 1 engine [ms]", "{:.3f}", ("rle", 0.5), 2.06),
         Row("push_pull.push_s", f"push {P.push_mb} MB [s]", "{:.3f}", None, 0.29),
         Row("push_pull.push_GBps", f"push {P.push_mb} MB [GB/s]", "{:.2f}", ("ge", 1.0), 0.345),
         Row("push_pull.pull_s", f"pull {P.push_mb} MB [s]", "{:.3f}", None, 0.185),
@@ -492,7 +492,7 @@ def rows_for(P: Params) -> list[Row]:
         Row("map.tasks_per_s", f"lb map_sync {P.map_tasks} tiny [tasks/s]", "{:.0f}", ("rge", 3.0), 505),
         Row("apply_async.tasks_per_s", f"{P.async_tasks} apply_async+wait [tasks/s]", "{:.0f}", ("rge", 3.0), 460),
         Row("sleep.s", f"lb map {n_sleep} [s]", "{:.3f}", ("le", 1.1), 1.32),
-        Row("px.ms", f"%px a=1, {N_ENGINES} engines [ms]", "{:.3f}", ("rle", 0.6), 4.15),
+        Row("px.ms", f"%px a=1, {N_ENGINES} engines [ms]", "{:.3f}", ("rle", 0.5), 4.15),
         Row("apply_async.growth_MB", f"client RSS growth, tasks {mem_from:g}k->{mem_to:g}k [MB]", "{:.1f}",
             ("lt", 20.0), ratio=False),
         Row("apply_async.growth_minus_history_MB", "  same, less rc.history [MB]", "{:.1f}", ratio=False),
