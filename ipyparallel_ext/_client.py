@@ -19,7 +19,7 @@ import time
 import weakref
 from collections.abc import Iterable
 
-from . import _wire
+from . import _wire, serialize
 from ._asyncresult import AsyncResult
 from ._engine import EngineConnection
 from ._iothread import shared_loop
@@ -50,6 +50,13 @@ def load_connection_file(path) -> dict:
     return check_connection_info(info, path)
 
 
+def _signal_number(name: str) -> int:
+    try:
+        return int(signal.Signals[name if name.startswith("SIG") else f"SIG{name}"])
+    except KeyError:
+        raise ValueError(f"no signal named {name!r} on this platform") from None
+
+
 def check_connection_info(info, source="connection info") -> dict:
     """Check that ``info`` has what is needed to reach a kernel."""
     if not isinstance(info, dict):
@@ -69,15 +76,16 @@ class Client:
         Kernel connection files; engine ``i`` is the ``i``-th file.
     connection_info : list of dict, optional
         Connection info dicts, as an alternative to files.
-    pickler : {'pickle', 'dill', 'cloudpickle'}
-        How payloads are pickled (see :meth:`DirectView.use_dill`).
+    pickler : {'pickle', 'dill', 'cloudpickle'}, optional
+        How payloads are pickled (see :meth:`DirectView.use_dill`); by
+        default the process-wide choice of ``ipyparallel_ext.use_dill()`` & co.
 
     Notes
     -----
     Several clients may share engines; each sees only its own results.
     """
 
-    def __init__(self, connection_files=None, connection_info=None, *, pickler="pickle",
+    def __init__(self, connection_files=None, connection_info=None, *, pickler=None,
                  _cluster=None, _engine_options=None, _probes=None):
         infos = [load_connection_file(f) for f in (connection_files or [])]
         infos += [check_connection_info(dict(i)) for i in (connection_info or [])]
@@ -162,7 +170,7 @@ class Client:
     @property
     def pickler(self) -> str:
         """How payloads are pickled: 'pickle', 'dill' or 'cloudpickle' (see ``use_dill``)."""
-        return self._pickler
+        return self._pickler or serialize._process_pickler()
 
     @pickler.setter
     def pickler(self, name: str) -> None:
@@ -319,7 +327,7 @@ class Client:
         ``record_class`` lets the load-balancing scheduler use its own
         MessageRecord subclass (it decides when a task's record finishes).
         """
-        record = record_class(_wire.new_msg_id(), op, pickler=self._pickler, **kwargs)
+        record = record_class(_wire.new_msg_id(), op, pickler=self.pickler, **kwargs)
         self._records[record.msg_id] = record
         self.history.append(record.msg_id)
         return record
@@ -380,7 +388,8 @@ class Client:
             elif job in self._records:
                 records.append(self._records[job])
             else:
-                raise KeyError(f"unknown msg_id {job!r}")
+                raise KeyError(f"unknown msg_id {job!r}: not a request of this client, or purged"
+                               f" (there is no hub: a client knows only the requests it sent)")
         return records
 
     @property
@@ -415,22 +424,9 @@ class Client:
         return ar
 
     def purge_results(self, jobs=(), targets=()) -> None:
-        """Forget finished results: ``jobs='all'``, some jobs, or those of ``targets``."""
-        if jobs == "all" or targets == "all":
-            done = [m for m, r in list(self._records.items()) if r.state == DONE]
-        else:
-            done = [r.msg_id for r in self._records_for(jobs) if r.state == DONE] if jobs else []
-            if targets:
-                ids = set(self.resolve_targets(targets))
-                done += [m for m, r in list(self._records.items()) if r.state == DONE and r.engine_id in ids]
-        gone = set(done)
-        for msg_id in gone:
-            self._records.pop(msg_id, None)
-        if gone:
-            # Views keep their own histories: forget the purged ids there
-            # too, so memory stays flat however many tasks were run and purged.
-            for history in [self.history, *(view.history for view in list(self._views))]:
-                history[:] = [m for m in history if m not in gone]
+        """Forget finished results here (:meth:`purge_local_results`; there is no hub to purge)."""
+        self.purge_local_results(jobs=jobs, targets=targets)
+        self.purge_hub_results(jobs=jobs, targets=targets)
 
     def queue_status(self, targets="all", verbose=False) -> dict:
         """Per engine: requests queued and in flight here, and done; plus 'unassigned'."""
@@ -490,12 +486,15 @@ class Client:
         self.call_in_loop(lambda: [self._engines[i].send_control("interrupt_request") for i in ids])
 
     def send_signal(self, sig, targets=None, block=None) -> None:
-        """Send signal ``sig`` to the engines' processes.
+        """Send signal ``sig`` (a number or a name such as ``'SIGTERM'``) to the engines' processes.
 
         SIGINT is an :meth:`interrupt` (works for any kernel); other signals
-        need engines started by this client's :class:`Cluster`.
+        need engines started by this client's :class:`Cluster`.  The signal
+        is sent before this returns, whatever ``block`` says.
         """
         ids = self.resolve_targets(targets)
+        if isinstance(sig, str):  # a name, for portability (as ipyparallel allows)
+            sig = _signal_number(sig)
         if sig == signal.SIGINT:
             self.interrupt(ids)
         elif self._cluster is not None and self._cluster.owns(self):
@@ -580,3 +579,186 @@ class Client:
 
     def __repr__(self) -> str:
         return f"<ipyparallel_ext.Client: {len(self._ids)} engines>"
+
+    # ======================================================================================
+    # ipyparallel 9.2's Client API, continued: namespaces, purging, the Hub's database.
+    # There is no Hub: each method either works on this client's own records or raises
+    # an error that says what to do instead.
+    # ======================================================================================
+
+    block = False  # the default of ``block`` where a method takes one, as ipyparallel's Client.block
+
+    @property
+    def cluster(self):
+        """The :class:`Cluster` whose engines this client was connected to, or None."""
+        return self._cluster
+
+    def clear(self, targets=None, block=None):
+        """Clear the engines' namespaces (``%reset``: every user variable is deleted).
+
+        Returns an AsyncResult, or None once done when ``block`` (default
+        :attr:`block`) is true.
+        """
+        ar = self.direct_view(targets if targets is not None else "all").clear(block=False)
+        if not (self.block if block is None else block):
+            return ar
+        ar.get()
+        return None
+
+    def wait_interactive(self, jobs=None, interval=1.0, timeout=-1):
+        """Wait for ``jobs`` (default: everything outstanding) with a progress bar."""
+        records = self._records_for(jobs)
+        if not records:
+            return None
+        return AsyncResult(self, records, fname="wait_interactive").wait_interactive(interval=interval,
+                                                                                     timeout=timeout)
+
+    def spin_thread(self, interval=1) -> None:
+        """Kept for compatibility (deprecated in ipyparallel): the I/O thread always runs."""
+
+    def stop_spin_thread(self) -> None:
+        """Kept for compatibility (deprecated in ipyparallel): the I/O thread always runs."""
+
+    def purge_local_results(self, jobs=(), targets=()) -> None:
+        """Forget finished results: ``jobs='all'``, some jobs, or those of ``targets``.
+
+        AsyncResults that hold results keep them; views forget the purged
+        msg_ids too, so memory stays flat however much work was run.
+
+        Raises
+        ------
+        ValueError
+            If neither ``jobs`` nor ``targets`` is given.
+        RuntimeError
+            If any of the named requests has not finished (wait for it, or
+            abort it, first); nothing is purged then.
+        """
+        if not jobs and not targets:
+            raise ValueError("say what to purge: jobs=... (or 'all') and/or targets=...")
+        if jobs == "all" or targets == "all":
+            chosen = list(self._records.values())
+        else:
+            chosen = self._records_for(jobs) if jobs else []
+            if targets:
+                ids = set(self.resolve_targets(targets))
+                chosen += [r for r in list(self._records.values()) if r.engine_id in ids]
+        running = sorted({r.msg_id for r in chosen if r.state != DONE})
+        if running:
+            raise RuntimeError(f"cannot purge {len(running)} unfinished request(s) {running[:3]}"
+                               f"{'...' if len(running) > 3 else ''}: wait for them or abort them first")
+        gone = {r.msg_id for r in chosen}
+        for msg_id in gone:
+            self._records.pop(msg_id, None)
+        if gone:
+            for history in [self.history, *(view.history for view in list(self._views))]:
+                history[:] = [m for m in history if m not in gone]
+
+    def purge_hub_results(self, jobs=(), targets=()) -> None:
+        """Nothing to do: there is no Hub, so no results are stored outside this client.
+
+        The arguments are checked as ipyparallel does; use
+        :meth:`purge_local_results` (or :meth:`purge_results`) to free memory.
+        """
+        if not jobs and not targets:
+            raise ValueError("say what to purge: jobs=... (or 'all') and/or targets=...")
+
+    def purge_everything(self) -> None:
+        """Forget every finished result and the history of this client and its views."""
+        self.purge_results("all")
+        for history in [self.history, *(view.history for view in list(self._views))]:
+            history.clear()
+
+    def hub_history(self) -> list:
+        """msg_ids of this client's requests, oldest first (there is no Hub with other clients')."""
+        return list(self.history)
+
+    def result_status(self, msg_ids, status_only=True) -> dict:
+        """Which of this client's requests are pending and which completed.
+
+        Returns ``{'pending': [...], 'completed': [...]}``, plus ``msg_id ->
+        result`` (or the error) for completed ones when ``status_only`` is
+        False.  Only this client's own requests are known (there is no Hub).
+        """
+        records = self._records_for(msg_ids)
+        status = {"pending": [r.msg_id for r in records if r.state != DONE],
+                  "completed": [r.msg_id for r in records if r.state == DONE]}
+        if not status_only:
+            status.update((r.msg_id, r.value()) for r in records if r.state == DONE)
+        return status
+
+    def db_query(self, query, keys=None) -> list:
+        """This client's request records that match a MongoDB-style ``query``.
+
+        Records have the keys of :attr:`metadata` (``msg_id``, ``engine_id``,
+        ``submitted``, ``started``, ``completed``, ``received``, ``status``,
+        ``stdout``, ``stderr``, ...).  A query maps keys to values, or to
+        operators: ``$lt $lte $gt $gte $eq $ne $in $nin $exists``.  ``keys``
+        selects the keys returned (``msg_id`` always is).  There is no Hub:
+        other clients' requests are not in it.
+        """
+        if isinstance(keys, str):
+            keys = [keys]
+        tests = {key: _query_test(key, condition) for key, condition in query.items()}
+        found = []
+        for record in list(self._records.values()):
+            md = record.metadata
+            if all(test(md.get(key)) for key, test in tests.items()):
+                found.append(md if keys is None else {k: md.get(k) for k in ["msg_id", *keys]})
+        return found
+
+    def resubmit(self, indices_or_msg_ids=None, metadata=None, block=None):
+        """Not available: this client does not keep what it sent (memory stays flat).
+
+        Raises
+        ------
+        NotImplementedError
+            Always; call the view's ``apply``/``map`` again instead.
+        """
+        raise NotImplementedError("resubmit needs the Hub's stored copy of each request; ipyparallel_ext has no"
+                                  " Hub and drops payloads once sent: call view.apply(...) / view.map(...) again")
+
+    def become_dask(self, targets="all", port=0, nanny=False, scheduler_args=None, **worker_args):
+        """Not available yet: ipyparallel runs the dask scheduler in its Hub, and we have none.
+
+        Raises
+        ------
+        NotImplementedError
+            Always; start a dask cluster directly (``distributed.LocalCluster``).
+        """
+        raise NotImplementedError(_NO_DASK)
+
+    become_distributed = become_dask
+
+    def stop_dask(self, targets="all"):
+        """Not available yet (see :meth:`become_dask`)."""
+        raise NotImplementedError(_NO_DASK)
+
+    stop_distributed = stop_dask
+
+
+_NO_DASK = ("become_dask needs a dask scheduler, which ipyparallel runs in its Hub; ipyparallel_ext has no Hub"
+            " and no dask integration yet: start a dask cluster directly (distributed.LocalCluster)")
+
+_QUERY_OPERATORS = {
+    "$lt": lambda value, arg: value is not None and value < arg,
+    "$lte": lambda value, arg: value is not None and value <= arg,
+    "$gt": lambda value, arg: value is not None and value > arg,
+    "$gte": lambda value, arg: value is not None and value >= arg,
+    "$eq": lambda value, arg: value == arg,
+    "$ne": lambda value, arg: value != arg,
+    "$in": lambda value, arg: value in arg,
+    "$nin": lambda value, arg: value not in arg,
+    "$exists": lambda value, arg: (value is not None) == bool(arg),
+}
+
+
+def _query_test(key, condition):
+    """A predicate on one record value, from a db_query condition (a value or operators)."""
+    if not isinstance(condition, dict):
+        return lambda value: value == condition
+    unknown = sorted(set(condition) - set(_QUERY_OPERATORS))
+    if unknown:
+        raise ValueError(f"db_query: unknown operator {unknown[0]!r} for {key!r}"
+                         f" (known: {' '.join(_QUERY_OPERATORS)})")
+    ops = [(_QUERY_OPERATORS[op], arg) for op, arg in condition.items()]
+    return lambda value: all(op(value, arg) for op, arg in ops)

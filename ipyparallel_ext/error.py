@@ -9,6 +9,8 @@ written for ``ipyparallel.error`` expects.  Timeouts use the builtin
 from __future__ import annotations
 
 import builtins
+import sys
+import traceback as _traceback
 
 __all__ = [
     "IPythonError",
@@ -32,6 +34,8 @@ __all__ = [
     "EngineStartError",
     "collect_exceptions",
     "composite_error",
+    "wrap_exception",
+    "unwrap_exception",
 ]
 
 # ipyparallel exposes error.TimeoutError; it is the builtin one.
@@ -259,13 +263,40 @@ def composite_error(errors, method="unspecified") -> CompositeError:
     return composite
 
 
-def collect_exceptions(results, method="unspecified"):
-    """Raise a :class:`CompositeError` if any of ``results`` is a RemoteError.
+def collect_exceptions(rdict_or_list, method="unspecified"):
+    """Raise a :class:`CompositeError` if any of ``rdict_or_list`` is a RemoteError.
 
-    Returns ``results`` unchanged when nothing failed.
+    Returns ``rdict_or_list`` (a list of results, or a dict of them) unchanged
+    when nothing failed.
     """
-    values = results.values() if isinstance(results, dict) else results
+    values = rdict_or_list.values() if isinstance(rdict_or_list, dict) else rdict_or_list
     remote = [r for r in values if isinstance(r, RemoteError)]
     if remote:
         raise composite_error(remote, method)
-    return results
+    return rdict_or_list
+
+
+def wrap_exception(engine_info=None) -> dict:
+    """The exception being handled, as an error reply's content (ipyparallel's format).
+
+    Call it inside an ``except`` block; :func:`unwrap_exception` turns the
+    dict back into a :class:`RemoteError`.
+    """
+    etype, evalue, tb = sys.exc_info()
+    if etype is None:
+        raise RuntimeError("wrap_exception() is called inside an except block: no exception is being handled")
+    return {
+        "status": "error",
+        "traceback": _traceback.format_exception(etype, evalue, tb),
+        "ename": etype.__name__,
+        "evalue": str(evalue),
+        "engine_info": dict(engine_info or {}),
+    }
+
+
+def unwrap_exception(content: dict) -> RemoteError:
+    """The :class:`RemoteError` described by an error content dict (see :func:`wrap_exception`)."""
+    tb = content.get("traceback", "")
+    if not isinstance(tb, str):  # a list of lines, with or without their newlines
+        tb = "\n".join(line.rstrip("\n") for line in tb)
+    return RemoteError(content["ename"], content["evalue"], tb, content.get("engine_info", {}))
