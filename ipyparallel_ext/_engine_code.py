@@ -142,12 +142,12 @@ def map_chunk(func, *chunks):
     return list(map(func, *chunks))
 
 
-def _resolve_reference(name):
-    """Look ``name`` up in the engine's namespace (for ``ipp.Reference``)."""
-    ns = _user_ns()
+def _resolve_reference(name, ns=None, where="on this engine"):
+    """Look ``name`` up in the engine's namespace, or in ``ns`` (for ``ipp.Reference``)."""
+    ns = _user_ns() if ns is None else ns
     head, _, rest = name.partition(".")
     if head not in ns:
-        raise NameError(f"name {head!r} is not defined on this engine")
+        raise NameError(f"name {head!r} is not defined {where}")
     value = ns[head]
     for attr in filter(None, rest.split(".")):
         value = getattr(value, attr)

@@ -132,20 +132,10 @@ def uncan(obj, g=None):
             if type(value) is types.FunctionType and value.__module__ in ("__main__", "__mp_main__"):
                 value = _rebind(value, g)
             elif isinstance(value, Reference):
-                value = _reference_in(value.name, g)
+                value = _engine_code._resolve_reference(value.name, g, "in the namespace given")
         return value
 
     return _map_containers(obj, leaf)
-
-
-def _reference_in(name: str, g: dict):
-    head, _, rest = name.partition(".")
-    if head not in g:
-        raise NameError(f"name {head!r} (of {Reference(name)!r}) is not defined in the namespace given")
-    value = g[head]
-    for attr in filter(None, rest.split(".")):
-        value = getattr(value, attr)
-    return value
 
 
 # -- whole payloads ------------------------------------------------------------------------
