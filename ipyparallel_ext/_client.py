@@ -412,14 +412,14 @@ class Client:
         return AsyncResult(self, self._records_for(jobs), fname="wait").wait(timeout)
 
     def get_result(self, indices_or_msg_ids=None, block=None, owner=False):
-        """An AsyncResult for earlier requests (by msg_id or history index)."""
+        """An AsyncResult for earlier requests (by msg_id or history index); waits if ``block`` (default :attr:`block`)."""
         if indices_or_msg_ids is None:
             indices_or_msg_ids = -1
         records = self._records_for(indices_or_msg_ids)
         single = isinstance(indices_or_msg_ids, (str, int)) or (
             isinstance(indices_or_msg_ids, AsyncResult) and indices_or_msg_ids._single_result)
         ar = AsyncResult(self, records, fname="get_result", single=single)
-        if block:
+        if self.block if block is None else block:
             ar.wait()
         return ar
 
