@@ -412,7 +412,10 @@ class Client:
         return AsyncResult(self, self._records_for(jobs), fname="wait").wait(timeout)
 
     def get_result(self, indices_or_msg_ids=None, block=None, owner=False):
-        """An AsyncResult for earlier requests (by msg_id or history index); waits if ``block`` (default :attr:`block`)."""
+        """An AsyncResult for earlier requests (by msg_id or history index).
+
+        Waits for it if ``block`` (default: :attr:`block`) is true.
+        """
         if indices_or_msg_ids is None:
             indices_or_msg_ids = -1
         records = self._records_for(indices_or_msg_ids)

@@ -21,6 +21,8 @@ import pytest
 
 import ipyparallel_ext as ipp
 
+from conftest import double, snooze, wait_for_file, wait_until
+
 T = 30  # seconds: deadline of every wait below
 
 MODULES = ["", "error", "util", "serialize", "joblib", "datapub"]
@@ -278,7 +280,7 @@ def differences(theirs="ipyparallel", ours="ipyparallel_ext") -> dict:
             elif name not in their_surface:
                 found[f"extra: {prefix}{name}"] = our_surface[name]
             elif their_surface[name] != our_surface[name]:
-                found[f"differs: {prefix}{name}"] = f"{their_surface[name]} in ipyparallel, ours {our_surface[name]}"
+                found[f"differs: {prefix}{name}"] = f"ipyparallel {their_surface[name]}, ours {our_surface[name]}"
 
     for sub in MODULES:
         our_surface = module_surface(ours, sub)
@@ -309,9 +311,6 @@ def test_public_names_match_ipyparallel():
 
 
 # -- the names at work -----------------------------------------------------------------------
-
-from conftest import double, snooze, wait_for_file, wait_until  # noqa: E402
-
 
 def test_names_user_code_imports():
     from ipyparallel_ext import AsyncHubResult, Reference, bind_kernel, register_joblib_backend  # noqa: F401
