@@ -372,19 +372,25 @@ def test_prepickled_and_canned_functions_reach_engines(rc, dv):
     assert dv.apply_sync(lambda g: g(20), ipp.can(lambda x: x + 1)) == [21] * len(rc)
 
 
-def test_use_dill_is_the_process_default_for_clients_that_did_not_choose(rc, dv):
+def test_use_dill_is_the_process_default_for_clients_that_did_not_choose(cluster):
     pytest.importorskip("dill")
-    assert rc.pickler == "pickle"
+    client = cluster.connect_client_sync()
+    chose = cluster.connect_client_sync()
     try:
+        client.wait_for_engines(2, timeout=T)
+        chose.pickler = "cloudpickle"  # what view.use_cloudpickle() records
+        assert client.pickler == "pickle"
         ipp.use_dill()
-        assert rc.pickler == "dill"
+        assert (client.pickler, chose.pickler) == ("dill", "cloudpickle")
         # What we send is pickled with dill; the engines still read it (dill is installed there).
-        ar = dv.apply_async(divmod, 7, 2)
+        ar = client[:].apply_async(divmod, 7, 2)
         assert ar._records[0].pickler == "dill"
-        assert ar.get(timeout=T) == [(3, 1)] * len(rc)
+        assert ar.get(timeout=T) == [(3, 1)] * len(client)
     finally:
         ipp.use_pickle()
-    assert rc.pickler == "pickle"
+        client.close()
+        chose.close()
+    assert client.pickler == "pickle"
     with pytest.raises(ValueError, match="unknown pickler"):
         ipp.serialize._use("marshal")
 
