@@ -17,7 +17,7 @@ import sys
 import threading
 import time
 import weakref
-from collections.abc import Iterable
+from collections.abc import Iterable, Sized
 
 from . import _wire, serialize
 from ._asyncresult import AsyncResult
@@ -636,13 +636,12 @@ class Client:
             If any of the named requests has not finished (wait for it, or
             abort it, first); nothing is purged then.
         """
-        if not jobs and not targets:
-            raise ValueError("say what to purge: jobs=... (or 'all') and/or targets=...")
+        jobs_given, targets_given = _purge_arguments(jobs, targets)
         if jobs == "all" or targets == "all":
             chosen = list(self._records.values())
         else:
-            chosen = self._records_for(jobs) if jobs else []
-            if targets:
+            chosen = self._records_for(jobs) if jobs_given else []
+            if targets_given:
                 ids = set(self.resolve_targets(targets))
                 chosen += [r for r in list(self._records.values()) if r.engine_id in ids]
         running = sorted({r.msg_id for r in chosen if r.state != DONE})
@@ -662,8 +661,7 @@ class Client:
         The arguments are checked as ipyparallel does; use
         :meth:`purge_local_results` (or :meth:`purge_results`) to free memory.
         """
-        if not jobs and not targets:
-            raise ValueError("say what to purge: jobs=... (or 'all') and/or targets=...")
+        _purge_arguments(jobs, targets)
 
     def purge_everything(self) -> None:
         """Forget every finished result and the history of this client and its views."""
@@ -737,6 +735,14 @@ class Client:
         raise NotImplementedError(_NO_DASK)
 
     stop_distributed = stop_dask
+
+
+def _purge_arguments(jobs, targets) -> tuple:
+    """Whether ``jobs`` and ``targets`` name anything (0 does: a history index, an engine id)."""
+    given = tuple(x is not None and not (isinstance(x, Sized) and len(x) == 0) for x in (jobs, targets))
+    if not any(given):
+        raise ValueError("say what to purge: jobs=... (or 'all') and/or targets=...")
+    return given
 
 
 _NO_DASK = ("become_dask needs a dask scheduler, which ipyparallel runs in its Hub; ipyparallel_ext has no Hub"

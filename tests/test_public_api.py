@@ -451,8 +451,13 @@ def test_purging_and_history(rc, tmp_path):
             {"msg_id": running.msg_ids[0], "status": None}]
         with pytest.raises(ValueError, match="unknown operator"):
             rc.db_query({"completed": {"$where": "1"}})
-        rc.purge_local_results(targets=[0])  # only finished work there: fine
+        index = rc.history.index(done.msg_ids[0]) - len(rc.history)
+        rc.purge_local_results(index)  # a (negative) history index
         assert done.msg_ids[0] not in rc.results
+        other = rc[0].apply_async(double, 2)
+        other.get(timeout=T)
+        rc.purge_local_results(targets=0)  # engine 0 (only finished work there: fine)
+        assert other.msg_ids[0] not in rc.results
         with pytest.raises(KeyError, match="no hub"):
             rc.result_status(done.msg_ids)
     finally:
