@@ -50,13 +50,6 @@ def load_connection_file(path) -> dict:
     return check_connection_info(info, path)
 
 
-def _signal_number(name: str) -> int:
-    try:
-        return int(signal.Signals[name if name.startswith("SIG") else f"SIG{name}"])
-    except KeyError:
-        raise ValueError(f"no signal named {name!r} on this platform") from None
-
-
 def check_connection_info(info, source="connection info") -> dict:
     """Check that ``info`` has what is needed to reach a kernel."""
     if not isinstance(info, dict):
@@ -427,7 +420,7 @@ class Client:
         return ar
 
     def purge_results(self, jobs=(), targets=()) -> None:
-        """Forget finished results here (:meth:`purge_local_results`; there is no hub to purge)."""
+        """Forget results, as :meth:`purge_local_results` does (there is no Hub to purge)."""
         self.purge_local_results(jobs=jobs, targets=targets)
         self.purge_hub_results(jobs=jobs, targets=targets)
 
@@ -735,6 +728,13 @@ class Client:
         raise NotImplementedError(_NO_DASK)
 
     stop_distributed = stop_dask
+
+
+def _signal_number(name: str) -> int:
+    try:
+        return int(signal.Signals[name if name.startswith("SIG") else f"SIG{name}"])
+    except KeyError:
+        raise ValueError(f"no signal named {name!r} on this platform") from None
 
 
 def _purge_arguments(jobs, targets) -> tuple:
