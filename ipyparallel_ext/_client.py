@@ -669,12 +669,12 @@ class Client:
     def result_status(self, msg_ids, status_only=True) -> dict:
         """Which of this client's requests are pending and which completed.
 
-        Returns ``{'pending': [...], 'completed': [...]}``, plus ``msg_id ->
+        Returns ``{'status': 'ok', 'pending': [...], 'completed': [...]}``, plus ``msg_id ->
         result`` (or the error) for completed ones when ``status_only`` is
         False.  Only this client's own requests are known (there is no Hub).
         """
         records = self._records_for(msg_ids)
-        status = {"pending": [r.msg_id for r in records if r.state != DONE],
+        status = {"status": "ok", "pending": [r.msg_id for r in records if r.state != DONE],
                   "completed": [r.msg_id for r in records if r.state == DONE]}
         if not status_only:
             status.update((r.msg_id, r.value()) for r in records if r.state == DONE)
