@@ -303,6 +303,14 @@ class Client:
 
         return LoadBalancedView(self, targets=targets, **flags)
 
+    # -- ipyparallel 9's broadcast view (owned by the views helper) --------------------
+
+    def broadcast_view(self, targets="all", is_coalescing=False, **flags):
+        """A BroadcastView on ``targets``: a DirectView here (see :class:`~._view.BroadcastView`)."""
+        from ._view import BroadcastView
+
+        return BroadcastView(self, targets=targets, is_coalescing=is_coalescing, **flags)
+
     def executor(self, targets=None):
         """A :class:`concurrent.futures.Executor` that load-balances over the engines."""
         return self.load_balanced_view(targets).executor

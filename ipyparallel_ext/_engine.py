@@ -309,6 +309,8 @@ class EngineConnection:
         md = msg["metadata"].get("ipp_ext")
         info = {"engine_id": self.id, "method": record.op}
         if md is None:  # plain code (execute / install), or the helper itself broke
+            if record.op == "execute":  # an ExecuteRecord: its ExecuteReply shows the count
+                record.execution_count = content.get("execution_count")
             started = _seconds(msg["metadata"].get("started"))
             if content.get("status") == "ok":
                 _finish_record(record, "ok", started=started, completed=time.time())

@@ -20,6 +20,7 @@ result travels on the shell channel, in the reply of the request that made
 it, as pickle-protocol-5 frames with out-of-band buffers.
 """
 
+import builtins
 import io
 import marshal
 import pickle
@@ -69,7 +70,7 @@ def pickler_module(name):
     raise ValueError(f"unknown pickler {name!r}")
 
 
-def dumps(obj, pickler="pickle", pickler_class=None):
+def dumps(obj, pickler="pickle"):
     """Pickle ``obj`` with protocol 5; large buffers go out of band.
 
     Returns
@@ -86,9 +87,9 @@ def dumps(obj, pickler="pickle", pickler_class=None):
         frames.append(view)
         return False
 
-    if pickler_class is not None:
+    if pickler == "pickle":
         out = io.BytesIO()
-        pickler_class(out, protocol=5, buffer_callback=keep_large).dump(obj)
+        ValuePickler(out, protocol=5, buffer_callback=keep_large).dump(obj)
         frames[0] = out.getvalue()
     else:
         frames[0] = pickler_module(pickler).dumps(obj, protocol=5, buffer_callback=keep_large)
@@ -137,19 +138,103 @@ def _rebuild_memoryview(memory, fmt, shape):
     return view if (fmt, shape) == ("B", (view.nbytes,)) else view.cast("B").cast(fmt, shape)
 
 
+def _importable(func: types.FunctionType) -> bool:
+    """True if ``pickle`` can refer to ``func`` by module and name."""
+    module_name = getattr(func, "__module__", None)
+    if module_name in (None, "__main__", "__mp_main__"):
+        return False
+    module = sys.modules.get(module_name)
+    obj = module
+    for part in func.__qualname__.split("."):
+        obj = getattr(obj, part, None)
+        if obj is None:
+            return False
+    return obj is func
+
+
+def _global_names(code: types.CodeType):
+    """Names a code object (and the code nested in it) may read as globals."""
+    yield from code.co_names
+    for const in code.co_consts:
+        if isinstance(const, types.CodeType):
+            yield from _global_names(const)
+
+
+def _function_reduction(func: types.FunctionType):
+    """Reduce a function that the other end cannot import to its parts.
+
+    Functions of ``__main__`` (notebook cells, scripts, ``@interactive``) run
+    against the receiving end's interactive namespace, as in ipyparallel;
+    the modules they use are sent along and bound there if missing.  Other
+    functions (lambdas, closures, nested functions) carry the globals they
+    use by value, and their module's name, so that they travel back (a
+    closure pulled from an engine) the same way.
+    """
+    interactive = func.__module__ in ("__main__", "__mp_main__", None)
+    used = {}
+    for name in set(_global_names(func.__code__)):
+        if name in func.__globals__:
+            value = func.__globals__[name]
+            if interactive and not isinstance(value, types.ModuleType):
+                continue  # resolved on the engine, like ipyparallel
+            used[name] = value
+    if interactive:
+        used["__ipp_ext_main__"] = True
+    else:
+        used["__name__"] = func.__module__
+    closure = None if func.__closure__ is None else tuple(c.cell_contents for c in func.__closure__)
+    args = (
+        marshal.dumps(func.__code__),
+        used,
+        func.__name__,
+        func.__qualname__,
+        func.__defaults__,
+        func.__kwdefaults__,
+        closure,
+        dict(func.__dict__),
+    )
+    return (_rebuild_function, args)
+
+
+class ValuePickler(pickle.Pickler):
+    """The default pickler, at both ends: stdlib pickle, plus functions by value."""
+
+    def reducer_override(self, obj):
+        if type(obj) is types.FunctionType and not _importable(obj):
+            return _function_reduction(obj)
+        if type(obj) is types.ModuleType:
+            return (__import__, (obj.__name__, None, None, ["__name__"]))
+        if type(obj) is memoryview:
+            # Plain pickle refuses memoryviews; send the memory as a buffer
+            # (out of band when large) and rebuild the view around it.
+            memory = pickle.PickleBuffer(obj) if obj.c_contiguous else obj.tobytes()
+            return (_rebuild_memoryview, (memory, obj.format, obj.shape))
+        return NotImplemented
+
+
 def map_chunk(func, *chunks):
     """Map ``func`` over one chunk of each sequence (a DirectView.map task)."""
     return list(map(func, *chunks))
 
 
 def _resolve_reference(name, ns=None, where="on this engine"):
-    """Look ``name`` up in the engine's namespace, or in ``ns`` (for ``ipp.Reference``)."""
+    """Evaluate ``name`` in the engine's namespace, or in ``ns`` (``ipp.Reference``, pull).
+
+    A dotted name (``'a'``, ``'model.weights'``) is looked up attribute by
+    attribute (builtins too); any other expression (``'g[0]'``) is
+    evaluated, as ipyparallel does.
+    """
     ns = _user_ns() if ns is None else ns
-    head, _, rest = name.partition(".")
-    if head not in ns:
-        raise NameError(f"name {head!r} is not defined {where}")
-    value = ns[head]
-    for attr in filter(None, rest.split(".")):
+    parts = name.split(".")
+    if not all(part.isidentifier() for part in parts):
+        return eval(name, ns)
+    if parts[0] in ns:
+        value = ns[parts[0]]
+    elif hasattr(builtins, parts[0]):
+        value = getattr(builtins, parts[0])
+    else:
+        raise NameError(f"name {parts[0]!r} is not defined {where}")
+    for attr in parts[1:]:
         value = getattr(value, attr)
     return value
 
@@ -251,10 +336,6 @@ def _push(frames, pickler):
 
 
 def _pull(names):
-    ns = _user_ns()
-    missing = [n for n in names if n.partition(".")[0] not in ns]
-    if missing:
-        raise NameError(f"name {missing[0]!r} is not defined on this engine")
     return tuple(_resolve_reference(n) for n in names)
 
 

@@ -16,12 +16,12 @@ import threading
 import time
 import weakref
 
-from . import _engine_code, _wire
+from . import _engine_code, _mapping, _wire
 from ._asyncresult import AsyncMapResult, AsyncResult
 from ._dependency import Dependency
 from ._scheduler import scheduler_for
 from ._task import Task
-from ._view import View
+from ._view import View, call_name, check_callable
 
 _TASK_FLAGS = ("after", "follow", "timeout", "retries", "time_limit")
 
@@ -78,13 +78,13 @@ class LoadBalancedView(View):
         """
         for name, value in flags.items():
             _check_flag(name, value)
-        super().set_flags(**flags)
+        return super().set_flags(**flags)
 
-    def __len__(self) -> int:
-        """How many engines the view may use."""
-        if self.targets is None or self.targets == "all":
-            return len(self.client)
-        return len(self.client.resolve_targets(self.targets))
+    def _initial_targets(self, targets):
+        """As ipyparallel: None (any engine) for None and 'all', else a list of engine ids."""
+        if targets is None or (isinstance(targets, str) and targets == "all"):
+            return None
+        return self.client.resolve_targets(targets)
 
     # -- building tasks ---------------------------------------------------------------------------
 
@@ -141,12 +141,11 @@ class LoadBalancedView(View):
 
     def _submit_call(self, f, args, kwargs, flags) -> AsyncResult:
         """One task calling ``f(*args, **kwargs)``; its AsyncResult (not blocking)."""
-        if not callable(f):
-            raise TypeError(f"apply needs a callable, not {f!r}")
+        check_callable(f)
         frames = _wire.serialize_call(f, args, kwargs, self.client.pickler)
         task = self._task(flags, f, frames=frames)
         # The AsyncResult listens to the record before the I/O thread may finish it.
-        ar = AsyncResult(self.client, [task], fname=_name(f), single=True)
+        ar = AsyncResult(self.client, [task], fname=call_name(f), single=True)
         self._scheduler.submit([task])
         return ar
 
@@ -160,20 +159,19 @@ class LoadBalancedView(View):
     def _map(self, f, sequences, block=None, chunksize=1, ordered=True, return_exceptions=False,
              **task_flags):
         """``chunksize`` elements per task; results come back in order (or as they finish)."""
-        if not callable(f):
-            raise TypeError(f"map needs a callable, not {f!r}")
+        check_callable(f, "map")
         if not sequences:
             raise TypeError("map needs at least one sequence")
         if not isinstance(chunksize, int) or isinstance(chunksize, bool) or chunksize < 1:
             raise ValueError(f"chunksize must be a positive int, not {chunksize!r}")
         flags = self._options(block=block, **task_flags)
-        seqs = [s if hasattr(s, "__getitem__") and hasattr(s, "__len__") else list(s) for s in sequences]
+        seqs = [_mapping.sliceable(s) for s in sequences]
         length = min(len(s) for s in seqs)
         starts = range(0, length, chunksize)
         sizes = [min(chunksize, length - start) for start in starts]
         # Records first, so the AsyncMapResult listens to all of them before any can finish.
         tasks = [self._task(flags, f, size) for size in sizes]
-        ar = AsyncMapResult(self.client, tasks, fname=_name(f), chunk_sizes=sizes, ordered=ordered,
+        ar = AsyncMapResult(self.client, tasks, fname=call_name(f), chunk_sizes=sizes, ordered=ordered,
                             return_exceptions=return_exceptions)
         chunks = ((f, *(s[start:start + chunksize] for s in seqs)) for start in starts)
         self._send_progressively(tasks, chunks)
@@ -245,12 +243,10 @@ def _set_frames(task, frames) -> None:
     task.nbytes = _wire.pickled_size(frames)
 
 
-def _name(f) -> str:
-    return getattr(f, "__name__", None) or type(f).__name__
-
-
 def _function_key(f):
     """Names a task's function, so the scheduler can learn how long it takes."""
+    if isinstance(f, _wire.Reference):
+        return "<engine>", f.name
     return getattr(f, "__module__", None), getattr(f, "__qualname__", None) or type(f).__qualname__
 
 

@@ -270,6 +270,7 @@ class ParallelMagics(Magics):
             print(f"{'Parallel' if block else 'Async parallel'} execution on engine(s): {where}")
 
         ar = view.execute(cell, silent=False, targets=targets, block=False)
+        ar._fname = "%px"  # its name in reprs and errors, as in ipyparallel
         self.last_result = ar
         if save_name:
             self.shell.user_ns[save_name] = ar

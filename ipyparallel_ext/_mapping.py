@@ -6,6 +6,17 @@ import functools
 import operator
 
 
+def sliceable(seq):
+    """``seq`` itself if it has ``len`` and slicing (lists, ranges, arrays), else a list of it.
+
+    So that map, scatter and parallel functions take generators and other
+    iterators, as ipyparallel's do.
+    """
+    if hasattr(seq, "__getitem__") and hasattr(seq, "__len__"):
+        return seq
+    return list(seq)
+
+
 def partition(seq, n: int, dist: str = "b") -> list:
     """Split ``seq`` into ``n`` contiguous parts whose sizes differ by at most one.
 
@@ -21,8 +32,7 @@ def partition(seq, n: int, dist: str = "b") -> list:
         raise ValueError(f"only dist='b' (contiguous blocks) is supported, not {dist!r}")
     if n < 1:
         raise ValueError("cannot partition across zero engines")
-    if not hasattr(seq, "__getitem__") or not hasattr(seq, "__len__"):
-        seq = list(seq)
+    seq = sliceable(seq)
     size, extra = divmod(len(seq), n)
     parts = []
     start = 0

@@ -14,7 +14,26 @@ import sys
 
 from . import _engine_code, _mapping, _wire
 from ._asyncresult import AsyncMapResult, AsyncResult
+from ._execute import ExecuteRecord
+from ._record import MessageRecord
 from ._remotefunction import ParallelFunction, RemoteFunction
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def call_name(f) -> str:
+    """The name a call of ``f`` goes by in errors and reprs (a Reference's expression)."""
+    if isinstance(f, _wire.Reference):
+        return f.name
+    return getattr(f, "__name__", None) or type(f).__name__
+
+
+def check_callable(f, what="apply") -> None:
+    """Raise TypeError unless ``f`` is callable here or a Reference to a callable there."""
+    if not (callable(f) or isinstance(f, _wire.Reference)):
+        raise TypeError(f"{what} needs a callable (or an ipp.Reference to one on the engines), not {f!r}")
 
 
 class View:
@@ -36,15 +55,37 @@ class View:
         self.client = client
         self.block = block
         self.track = track
-        self.targets = targets
+        self.targets = self._initial_targets(targets)
         self.history: list = []
         client.register_view(self)
         self.set_flags(**flags)
 
+    def _initial_targets(self, targets):
+        """The targets a new view keeps: engine ids, as ipyparallel resolves them.
+
+        Negative ints and slices count from the end of the engine list now
+        (``rc.direct_view(-1).targets`` is the last engine's id); None and
+        'all' stay, so the view follows engines as they come and go.
+        """
+        if targets is None or isinstance(targets, str):
+            return targets
+        ids = self.client.resolve_targets(targets)
+        return ids[0] if _is_int(targets) else ids
+
+    def __len__(self) -> int:
+        """How many engines the view uses (every engine, for 'all')."""
+        if _is_int(self.targets):
+            return 1
+        if isinstance(self.targets, (list, tuple)):
+            return len(self.targets)
+        if self.targets is None or isinstance(self.targets, str):
+            return len(self.client)
+        return len(self.client.resolve_targets(self.targets))
+
     # -- flags ------------------------------------------------------------------------
 
-    def set_flags(self, **flags) -> None:
-        """Set flags, e.g. ``view.set_flags(block=True)``.
+    def set_flags(self, **flags) -> "View":
+        """Set flags, e.g. ``view.set_flags(block=True)``; returns the view, as in ipyparallel.
 
         Raises
         ------
@@ -55,6 +96,7 @@ class View:
             if name not in self._flag_names:
                 raise KeyError(f"invalid flag {name!r} for {type(self).__name__} (flags: {self._flag_names})")
             setattr(self, name, value)
+        return self
 
     @contextlib.contextmanager
     def temp_flags(self, **flags):
@@ -78,15 +120,20 @@ class View:
 
     # -- apply ------------------------------------------------------------------------
 
-    def apply(self, f, *args, **kwargs):
-        """Call ``f(*args, **kwargs)`` remotely; blocks if ``self.block``."""
+    # ``f`` is positional-only, so every keyword (``f=``, ``block=``, ...)
+    # goes to the function, as in ipyparallel.
+    def apply(self, f, /, *args, **kwargs):
+        """Call ``f(*args, **kwargs)`` remotely; blocks if ``self.block``.
+
+        ``f`` may be a :class:`Reference` to a callable in the engine's namespace.
+        """
         return self._really_apply(f, args, kwargs)
 
-    def apply_async(self, f, *args, **kwargs) -> AsyncResult:
+    def apply_async(self, f, /, *args, **kwargs) -> AsyncResult:
         """Call ``f(*args, **kwargs)`` remotely; return an AsyncResult at once."""
         return self._really_apply(f, args, kwargs, block=False)
 
-    def apply_sync(self, f, *args, **kwargs):
+    def apply_sync(self, f, /, *args, **kwargs):
         """Call ``f(*args, **kwargs)`` remotely and wait for the result."""
         return self._really_apply(f, args, kwargs, block=True)
 
@@ -187,14 +234,15 @@ class DirectView(View):
         return self.client.resolve_targets(targets), single
 
     def _submit(self, op, engine_ids, frames_per_engine, block, fname, spec=None, code=None,
-                track=False, result_class=AsyncResult, **result_kwargs):
+                track=False, result_class=AsyncResult, record_class=MessageRecord, **result_kwargs):
         """One record per engine (with its own frames), sent together.
 
         Returns the AsyncResult (a ``result_class``), or its value if ``block``.
         """
         records = []
         for frames in frames_per_engine:
-            record = self.client.new_record(op, frames=frames, spec=dict(spec or {"op": op}), code=code)
+            record = self.client.new_record(op, record_class, frames=frames, spec=dict(spec or {"op": op}),
+                                            code=code)
             record.track = bool(track)
             records.append(record)
         ar = result_class(self.client, records, fname=fname, **result_kwargs)
@@ -208,11 +256,10 @@ class DirectView(View):
                             track, single=single, postprocess=postprocess, join=join)
 
     def _really_apply(self, f, args, kwargs, block=None, track=None, targets=None):
-        if not callable(f):
-            raise TypeError(f"apply needs a callable, not {f!r}")
+        check_callable(f)
         ids, single = self._targets(targets)
         frames = _wire.serialize_call(f, args, kwargs, self.client.pickler)
-        return self._send("apply", ids, single, block, getattr(f, "__name__", "apply"), frames,
+        return self._send("apply", ids, single, block, call_name(f), frames,
                           track=self._flags(track=track)["track"])
 
     def execute(self, code: str, silent=True, targets=None, block=None) -> AsyncResult:
@@ -221,13 +268,15 @@ class DirectView(View):
         With ``silent=False`` the engines count it as a cell: expression
         results are published (``Out[0:3]``) and kept in their history.
         Returns the AsyncResult even when blocking (then it is done, outputs
-        included), as in ipyparallel, so ``.display_outputs()`` can follow.
+        included), as in ipyparallel, so ``.display_outputs()`` can follow;
+        its value is one :class:`~ipyparallel_ext.ExecuteReply` per engine.
         """
         if not isinstance(code, str):
             raise TypeError(f"execute needs a string of code, not {type(code).__name__}")
         ids, single = self._targets(targets)
-        ar = self._send("execute", ids, single, False, "execute",
-                        spec={"op": "execute", "silent": bool(silent)}, code=code)
+        ar = self._submit("execute", ids, [()] * len(ids), False, "execute",
+                          spec={"op": "execute", "silent": bool(silent)}, code=code,
+                          record_class=ExecuteRecord, single=single)
         if self._flags(block=block)["block"]:
             ar.get()
             ar.wait_for_output()
@@ -301,28 +350,40 @@ class DirectView(View):
         ids, single = self._targets(targets)
         return self._send("clear", ids, single, block, "clear")
 
-    def _apply_per_engine(self, f, ids, calls, block=None, join=None, chunk_sizes=None):
+    def _apply_per_engine(self, f, ids, calls, block=None, join=None, chunk_sizes=None, track=False,
+                          return_exceptions=False, fname=None):
         """Call ``f(*calls[i])`` on engine ``ids[i]``; one AsyncResult over all of them."""
         pickler = self.client.pickler
         frames = [_wire.serialize_call(f, args, {}, pickler) for args in calls]
-        name = getattr(f, "__name__", "apply")
+        name = fname or call_name(f)
         if chunk_sizes is not None:
-            return self._submit("apply", ids, frames, block, name,
-                                result_class=AsyncMapResult, chunk_sizes=chunk_sizes)
-        return self._submit("apply", ids, frames, block, name, join=join)
+            return self._submit("apply", ids, frames, block, name, track=track, result_class=AsyncMapResult,
+                                chunk_sizes=chunk_sizes, return_exceptions=return_exceptions)
+        return self._submit("apply", ids, frames, block, name, track=track, join=join)
 
-    def _map(self, f, sequences, block=None, **kwargs):
-        """One chunk per engine: engine ``i`` maps ``f`` over part ``i`` of each sequence."""
-        if kwargs:
-            raise TypeError(f"DirectView.map got unexpected arguments {sorted(kwargs)}")
+    def map(self, f, *sequences, block=None, track=False, return_exceptions=False):
+        """Map ``f`` over ``sequences``: engine ``i`` maps it over part ``i`` of each.
+
+        Sequences may be any iterables (generators too); the shortest one
+        sets the length, as with the builtin ``map``.  With
+        ``return_exceptions=True`` a failed part's error stands in the result
+        list for each of its elements, instead of being raised.
+        """
+        return self._map(f, sequences, block=block, track=track, return_exceptions=return_exceptions)
+
+    def _map(self, f, sequences, block=None, track=False, return_exceptions=False):
+        check_callable(f, "map")
         if not sequences:
             raise TypeError("map needs at least one sequence")
         ids, _single = self._targets()
+        sequences = [_mapping.sliceable(s) for s in sequences]
         length = min(len(s) for s in sequences)
         parts = [_mapping.partition(s[:length] if len(s) > length else s, len(ids)) for s in sequences]
         calls = [(f, *(p[i] for p in parts)) for i in range(len(ids))]
         sizes = [len(parts[0][i]) for i in range(len(ids))]
-        return self._apply_per_engine(_engine_code.map_chunk, ids, calls, block, chunk_sizes=sizes)
+        return self._apply_per_engine(_engine_code.map_chunk, ids, calls, block, chunk_sizes=sizes,
+                                      track=self._flags(track=track)["track"],
+                                      return_exceptions=return_exceptions, fname=call_name(f))
 
     # -- picklers ------------------------------------------------------------------------
 
@@ -397,3 +458,21 @@ class DirectView(View):
         from . import _magics
 
         _magics.activate(self, suffix)
+
+
+class BroadcastView(DirectView):
+    """ipyparallel 9's broadcast view (``rc.broadcast_view()``), here a DirectView.
+
+    ipyparallel sends one message to a broadcast scheduler, which fans it out
+    to the engines.  With no controller, a DirectView already sends each
+    engine its request directly, so a BroadcastView is one, with the same
+    results.  ``is_coalescing`` is kept as a flag for code that sets it;
+    results come back per engine either way.
+    """
+
+    _flag_names = DirectView._flag_names + ("is_coalescing",)
+    is_coalescing = False
+
+    def _initial_targets(self, targets):
+        """A list of engine ids, as ipyparallel resolves them ('all': the engines there are now)."""
+        return self.client.resolve_targets(targets)

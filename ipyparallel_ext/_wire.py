@@ -23,8 +23,6 @@ import hmac
 import inspect
 import itertools
 import json
-import marshal
-import pickle
 import sys
 import types
 import uuid
@@ -265,82 +263,15 @@ class Reference:
         return (_engine_code._resolve_reference, (self.name,))
 
 
-def _importable(func: types.FunctionType) -> bool:
-    """True if ``pickle`` can refer to ``func`` by module and name."""
-    module_name = getattr(func, "__module__", None)
-    if module_name in (None, "__main__", "__mp_main__"):
-        return False
-    module = sys.modules.get(module_name)
-    obj = module
-    for part in func.__qualname__.split("."):
-        obj = getattr(obj, part, None)
-        if obj is None:
-            return False
-    return obj is func
-
-
-def _global_names(code: types.CodeType):
-    """Names a code object (and the code nested in it) may read as globals."""
-    yield from code.co_names
-    for const in code.co_consts:
-        if isinstance(const, types.CodeType):
-            yield from _global_names(const)
-
-
-def _function_reduction(func: types.FunctionType):
-    """Reduce a function that is not importable on the engines to its parts.
-
-    Functions of ``__main__`` (notebook cells, scripts, ``@interactive``) run
-    against the engine's namespace, as in ipyparallel; the modules they use
-    are sent along and bound there if the engine lacks them.  Other
-    functions (lambdas, closures, nested functions) carry the globals they
-    use by value.
-    """
-    interactive = func.__module__ in ("__main__", "__mp_main__", None)
-    used = {}
-    for name in set(_global_names(func.__code__)):
-        if name in func.__globals__:
-            value = func.__globals__[name]
-            if interactive and not isinstance(value, types.ModuleType):
-                continue  # resolved on the engine, like ipyparallel
-            used[name] = value
-    if interactive:
-        used["__ipp_ext_main__"] = True
-    closure = None if func.__closure__ is None else tuple(c.cell_contents for c in func.__closure__)
-    args = (
-        marshal.dumps(func.__code__),
-        used,
-        func.__name__,
-        func.__qualname__,
-        func.__defaults__,
-        func.__kwdefaults__,
-        closure,
-        dict(func.__dict__),
-    )
-    return (_engine_code._rebuild_function, args)
-
-
-class _Pickler(pickle.Pickler):
-    """The default pickler: stdlib pickle, plus functions by value."""
-
-    def reducer_override(self, obj):
-        if type(obj) is types.FunctionType and not _importable(obj):
-            return _function_reduction(obj)
-        if type(obj) is types.ModuleType:
-            return (__import__, (obj.__name__, None, None, ["__name__"]))
-        if type(obj) is memoryview:
-            # Plain pickle refuses memoryviews; send the memory as a buffer
-            # (out of band when large) and rebuild the view around it.
-            memory = pickle.PickleBuffer(obj) if obj.c_contiguous else obj.tobytes()
-            return (_engine_code._rebuild_memoryview, (memory, obj.format, obj.shape))
-        return NotImplemented
+# Functions travel by value through the default pickler, which lives with the engine
+# code because engines pickle their results with it too (a closure pulled back).
+_importable = _engine_code._importable
+_function_reduction = _engine_code._function_reduction
 
 
 def serialize(obj, pickler: str = "pickle", what: str = "value") -> list:
     """Pickle ``obj`` into frames, or raise :class:`SerializationError` naming ``what``."""
     try:
-        if pickler == "pickle":
-            return dumps(obj, pickler_class=_Pickler)
         return dumps(obj, pickler)
     except Exception as exc:
         raise SerializationError(f"cannot send {what}: {type(exc).__name__}: {exc}") from exc

@@ -243,7 +243,8 @@ def test_execute(rc, dv):
     # so that its outputs can be looked at.
     ar = dv.execute("ex_a = 6 * 7")
     assert isinstance(ar, ipp.AsyncResult) and ar.ready()
-    assert ar.get(timeout=1) == [None, None]
+    replies = ar.get(timeout=1)  # one ExecuteReply per engine (see test_compat_behaviour)
+    assert [r["engine_id"] for r in replies] == [0, 1] and all(r.data == {} for r in replies)
     assert dv.pull("ex_a") == [42, 42]
     ar = dv.execute("print('hello', ex_a)", block=False)
     ar.get(timeout=30)
