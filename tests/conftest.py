@@ -42,6 +42,19 @@ def kernel_pids():
     return {int(p) for p in out.stdout.split()}
 
 
+@pytest.fixture(scope="module")
+def shell():
+    """An in-process IPython (the one ``get_ipython()`` returns), for the %px magics."""
+    from IPython.core.interactiveshell import InteractiveShell
+    from traitlets.config import Config
+
+    config = Config()
+    config.HistoryManager.enabled = False  # no sqlite file for a test shell
+    ip = InteractiveShell.instance(config=config)
+    ip.colors = "NoColor"
+    yield ip
+
+
 @pytest.fixture
 def make_cluster():
     """Start purpose-built clusters: ``cluster, rc = make_cluster(n)``; all stopped at teardown."""

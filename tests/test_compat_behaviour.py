@@ -6,14 +6,11 @@ them (compared side by side when these tests were written).
 """
 
 import os
-import re
 
 import IPython.lib.pretty
 import pytest
 from conftest import double, fail_at, getpid, wait_for_file
-from IPython.core.interactiveshell import InteractiveShell
-from IPython.utils.capture import capture_output
-from traitlets.config import Config
+from test_magics import run
 
 import ipyparallel_ext as ipp
 from ipyparallel_ext import _magics
@@ -21,7 +18,6 @@ from ipyparallel_ext._client import load_connection_file
 from ipyparallel_ext.error import DependencyTimeout, ImpossibleDependency, InvalidDependency
 
 TIMEOUT = 30
-ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 
 
 # -- len(view), targets ------------------------------------------------------------------------
@@ -195,21 +191,6 @@ def test_execute_returns_execute_replies(rc, dv):
 # -- the magics -------------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def shell():
-    config = Config()
-    config.HistoryManager.enabled = False  # no sqlite file for a test shell
-    ip = InteractiveShell.instance(config=config)
-    ip.colors = "NoColor"
-    yield ip
-
-
-def run(shell, cell):
-    with capture_output() as cap:
-        result = shell.run_cell(cell)
-    return result, ANSI.sub("", cap.stdout), ANSI.sub("", cap.stderr)
-
-
 @pytest.fixture
 def activate(shell):
     """``activate(view)`` binds %px to it for the test."""
@@ -227,13 +208,12 @@ def test_px_results_are_execute_replies(rc, shell, activate):
     from ipyparallel_ext._execute import ExecuteReply
 
     activate(rc[:])  # not blocking: %px returns the AsyncResult
-    result, _, _ = run(shell, "px_ar = %px 6 * 7")
-    assert result.error_in_exec is None
+    run(shell, "px_ar = %px 6 * 7").ok()
     ar = shell.user_ns["px_ar"]
     assert repr(ar).startswith("<AsyncResult(%px)")
     replies = ar.get(TIMEOUT)
     assert all(isinstance(r, ExecuteReply) and r.data == {"text/plain": "42"} for r in replies)
-    result, _, _ = run(shell, "%%px --noblock -o px_ar2\nfrom IPython.display import HTML\nHTML('<b>x</b>')")
+    run(shell, "%%px --noblock -o px_ar2\nfrom IPython.display import HTML\nHTML('<b>x</b>')").ok()
     assert [r._repr_html_() for r in shell.user_ns["px_ar2"].get(TIMEOUT)] == ["<b>x</b>"] * 2
 
 
@@ -241,35 +221,32 @@ def test_px_on_a_negative_index_view(rc, shell, activate):
     view = rc[-1]
     view.block = True
     activate(view)
-    result, out, err = run(shell, "%px px_last = __import__('os').getpid(); print('on last')")
-    assert result.error_in_exec is None, err
-    assert "on last" in out
+    out = run(shell, "%px px_last = __import__('os').getpid(); print('on last')").ok()
+    assert out.stdout == f"[stdout:{rc.ids[-1]}] \non last\n"  # the last engine's id, as in ipyparallel
     assert rc[rc.ids[-1]].pull("px_last", block=True) == rc[-1].apply_sync(getpid)
 
 
 def test_autopx_shows_engine_errors_and_goes_on(rc, shell, activate):
     activate(rc[:]).view.block = True
-    assert "%autopx enabled" in run(shell, "%autopx")[1]
+    assert "%autopx enabled" in run(shell, "%autopx").stdout
     try:
-        result, out, err = run(shell, "1/0")
+        err = run(shell, "1/0").stderr
         assert err.count("ZeroDivisionError: division by zero") == 2  # both engines' tracebacks
         assert "[0:execute]" in err and "[1:execute]" in err
-        result, out, _ = run(shell, "ap_v = 5\nprint('next', ap_v)")
-        assert result.error_in_exec is None and out.count("next 5") == 2
+        assert run(shell, "ap_v = 5\nprint('next', ap_v)").ok().stdout.count("next 5") == 2
     finally:
-        assert "%autopx disabled" in run(shell, "%autopx")[1]
+        assert "%autopx disabled" in run(shell, "%autopx").stdout
     assert "ap_v" not in shell.user_ns
 
 
 def test_autopx_on_a_non_blocking_view(rc, shell, activate):
     activate(rc[:])  # block=False
-    assert "%autopx enabled" in run(shell, "%autopx")[1]
+    assert "%autopx enabled" in run(shell, "%autopx").stdout
     try:
         for cell in ("ap_nb = 3", "1/0", "ap_nb += 1"):
-            result, _, _ = run(shell, cell)
-            assert result.error_in_exec is None and result.result is None  # sent; nothing waited for
+            assert run(shell, cell).ok().result.result is None  # sent; nothing waited for
     finally:
-        assert "%autopx disabled" in run(shell, "%autopx")[1]
+        assert "%autopx disabled" in run(shell, "%autopx").stdout
     assert rc[:].pull("ap_nb", block=True) == [4, 4]  # each engine ran the cells in order
     assert "ap_nb" not in shell.user_ns
 

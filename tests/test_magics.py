@@ -14,9 +14,7 @@ from pathlib import Path
 
 import pytest
 from IPython.core.error import UsageError
-from IPython.core.interactiveshell import InteractiveShell
 from IPython.utils.capture import capture_output
-from traitlets.config import Config
 
 import ipyparallel_ext as ipp
 from ipyparallel_ext import _magics
@@ -28,15 +26,6 @@ ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 
 def plain(text: str) -> str:
     return ANSI.sub("", text)
-
-
-@pytest.fixture(scope="module")
-def shell():
-    config = Config()
-    config.HistoryManager.enabled = False  # no sqlite file for a test shell
-    ip = InteractiveShell.instance(config=config)
-    ip.colors = "NoColor"
-    yield ip
 
 
 @pytest.fixture
