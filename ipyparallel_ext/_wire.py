@@ -244,11 +244,12 @@ HANDLE_CONTENT = _json_dumps(request_content(HANDLE_CODE))
 
 
 class Reference:
-    """A name to look up in the engine's namespace when a call arrives.
+    """A name (or expression) evaluated in the engine's namespace when a call arrives.
 
     ``dv.apply(f, ipp.Reference('a'))`` calls ``f`` with the engine's own
-    ``a``.  Dotted names (``'model.weights'``) are resolved attribute by
-    attribute.
+    ``a``; ``dv.apply(ipp.Reference('f'), 1)`` calls the engine's own ``f``.
+    Dotted names (``'model.weights'``) are resolved attribute by attribute,
+    other expressions (``'g[0]'``) evaluated there, as in ipyparallel.
     """
 
     def __init__(self, name: str):
