@@ -70,6 +70,10 @@ def pickler_module(name):
     raise ValueError(f"unknown pickler {name!r}")
 
 
+# Values that hold no function: plain pickle.dumps, without a Pickler object, is faster.
+_ATOMIC = frozenset({type(None), bool, int, float, complex, str, bytes})
+
+
 def dumps(obj, pickler="pickle"):
     """Pickle ``obj`` with protocol 5; large buffers go out of band.
 
@@ -87,7 +91,7 @@ def dumps(obj, pickler="pickle"):
         frames.append(view)
         return False
 
-    if pickler == "pickle":
+    if pickler == "pickle" and type(obj) not in _ATOMIC:
         out = io.BytesIO()
         ValuePickler(out, protocol=5, buffer_callback=keep_large).dump(obj)
         frames[0] = out.getvalue()

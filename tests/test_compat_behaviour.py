@@ -121,6 +121,7 @@ def test_reference_as_the_callable_and_as_an_expression(rc, dv):
     assert dv.apply_sync(lambda x: x, ipp.Reference("ref_list[0]")) == [3, 3]
     assert dv.apply_sync(lambda x: x, ipp.Reference("ref_obj.b")) == [7, 7]
     assert dv.apply_sync(lambda x: x, ipp.Reference("len(ref_list)")) == [2, 2]
+    assert dv.pull("ref_list[1]") == [4, 4] and dv.pull("ref_obj.b") == [7, 7]  # pull evaluates too
     with pytest.raises(ipp.CompositeError, match="one or more exceptions raised in: ref_nothing") as info:
         dv.apply_sync(ipp.Reference("ref_nothing"), 1)
     assert "NameError" in str(info.value)
