@@ -21,6 +21,7 @@ from ._lbview import LoadBalancedView as LoadBalancedView
 from ._lbview import ViewExecutor as ViewExecutor
 from ._remotefunction import ParallelFunction as ParallelFunction
 from ._remotefunction import RemoteFunction as RemoteFunction
+from ._view import BroadcastView as BroadcastView
 from ._view import DirectView as DirectView
 from ._view import View as View
 from .error import (
@@ -68,7 +69,7 @@ version_info = (0, 1, 0)
 
 __all__ = [
     "ALL_COMPLETED", "FIRST_COMPLETED", "FIRST_EXCEPTION",
-    "AlreadyDisplayedError", "AsyncHubResult", "AsyncMapResult", "AsyncResult", "Client", "Cluster",
+    "AlreadyDisplayedError", "AsyncHubResult", "AsyncMapResult", "AsyncResult", "BroadcastView", "Client", "Cluster",
     "CompositeError", "Dependency", "DependencyTimeout", "DirectView", "EngineError", "IPythonError",
     "ImpossibleDependency", "InvalidDependency", "KernelError", "LoadBalancedView", "NoEnginesRegistered",
     "ParallelFunction", "PrePickled", "Reference", "RemoteError", "RemoteFunction", "TaskAborted",

@@ -133,6 +133,7 @@ class LoadBalancedView(View):
         task.time_limit = flags["time_limit"]
         task.fkey = _function_key(f)
         task.weight = weight
+        task.label = flags["label"]
         if flags["track"]:
             task.track = True
         if frames is not None:
@@ -155,6 +156,15 @@ class LoadBalancedView(View):
         flags = self._options(block=block, track=track, targets=targets, **task_flags)
         ar = self._submit_call(f, args, kwargs, flags)
         return self._finish(ar, flags["block"])
+
+    def map(self, f, *sequences, block=None, chunksize=1, ordered=True, return_exceptions=False, label=None):
+        """Map ``f`` over ``sequences`` (any iterables), ``chunksize`` elements per task.
+
+        Results come back in input order (``ordered=True``) or as tasks
+        finish when iterated; blocks if ``block`` (default: the view's flag).
+        """
+        return self._map(f, sequences, block=block, chunksize=chunksize, ordered=ordered,
+                         return_exceptions=return_exceptions, label=label)
 
     def _map(self, f, sequences, block=None, chunksize=1, ordered=True, return_exceptions=False,
              **task_flags):
@@ -209,11 +219,6 @@ class LoadBalancedView(View):
         sent still yield their results.
         """
         return LazyMapIterator(self, f, sequences, ordered, max_outstanding, return_exceptions)
-
-    @property
-    def executor(self) -> ViewExecutor:
-        """A :class:`concurrent.futures.Executor` running calls through this view."""
-        return ViewExecutor(self)
 
     def register_joblib_backend(self, name="ipyparallel", make_default=False) -> None:
         """Let ``joblib.Parallel(backend=name)`` run on this view's engines."""
@@ -367,11 +372,25 @@ class LazyMapIterator:
             self.cancel()  # a dropped iterator must not keep reading an endless input
 
 
+def _in_time(ar, timeout):
+    """An iterator over ``ar``'s results that raises TimeoutError if they are not
+    all in ``timeout`` seconds after now (the call of ``map``), as Executor.map does."""
+    deadline = None if timeout is None else time.monotonic() + timeout
+
+    def results():
+        if deadline is not None and not ar.wait(max(0.0, deadline - time.monotonic())):
+            raise TimeoutError(f"map results not ready {timeout} s after the call")
+        yield from ar
+
+    return results()
+
+
 class ViewExecutor(concurrent.futures.Executor):
     """A :class:`concurrent.futures.Executor` over a view (``view.executor``).
 
     ``submit`` is ``apply_async`` (the AsyncResult is a Future); ``map`` is a
-    lazy, ordered ``imap``.  ``shutdown`` waits for results but never stops
+    lazy, ordered ``imap`` on a LoadBalancedView, a ``map_async`` read in
+    order on other views.  ``shutdown`` waits for results but never stops
     engines.
     """
 
@@ -388,6 +407,8 @@ class ViewExecutor(concurrent.futures.Executor):
     def map(self, fn, *iterables, timeout=None, chunksize=1):
         if self._shutdown:
             raise RuntimeError("cannot schedule new futures after shutdown")
+        if not isinstance(self.view, LoadBalancedView):
+            return _in_time(self.view.map_async(fn, *iterables), timeout)
         results = LazyMapIterator(self.view, fn, iterables, timeout=timeout)
         self._maps.add(results)
         return results

@@ -48,7 +48,7 @@ class MessageRecord:
         "status", "error", "result_frames", "pickler",
         "stdout", "stderr", "outputs", "execute_result", "execute_input",
         "outputs_ready", "outputs_seen", "outputs_expected", "_listeners", "_output_listeners", "_value",
-        "task", "track", "tracker", "__weakref__",
+        "task", "track", "tracker", "label", "__weakref__",
     )
 
     def __init__(self, msg_id, op, frames=(), spec=None, code=None, pickler="pickle"):
@@ -77,6 +77,7 @@ class MessageRecord:
         self._output_listeners = []
         self._value = None
         self.task = None  # load-balancing bookkeeping, owned by the scheduler
+        self.label = None  # the view's ``label`` flag: the user's name for the request
         self.track = False  # keep zmq's MessageTracker for the send (``track=True``)
         self.tracker = None
 
@@ -166,4 +167,5 @@ class MessageRecord:
             "execute_result": self.execute_result,
             "execute_input": self.execute_input,
             "error": self.error if isinstance(self.error, RemoteError) else None,
+            "label": self.label,
         }

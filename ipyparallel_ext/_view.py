@@ -47,9 +47,12 @@ class View:
         Track when zmq is done with the send buffers (``ar.wait_for_send()``).
     targets
         The engines the view sends to.
+    label
+        Any name for the requests; their metadata carry it (``ar.metadata["label"]``).
     """
 
-    _flag_names = ("block", "track", "targets")
+    _flag_names = ("block", "track", "targets", "label")
+    label = None
 
     def __init__(self, client, targets=None, block=False, track=False, **flags):
         self.client = client
@@ -174,6 +177,13 @@ class View:
         """
         return lambda f: ParallelFunction(self, f, dist=dist, block=block, **flags)
 
+    @property
+    def executor(self):
+        """A :class:`concurrent.futures.Executor` running calls through this view."""
+        from ._lbview import ViewExecutor
+
+        return ViewExecutor(self)
+
     # -- results and bookkeeping ----------------------------------------------------------
 
     def wait(self, jobs=None, timeout=-1) -> bool:
@@ -234,16 +244,19 @@ class DirectView(View):
         return self.client.resolve_targets(targets), single
 
     def _submit(self, op, engine_ids, frames_per_engine, block, fname, spec=None, code=None,
-                track=False, result_class=AsyncResult, record_class=MessageRecord, **result_kwargs):
+                track=False, result_class=AsyncResult, record_class=MessageRecord, label=None,
+                **result_kwargs):
         """One record per engine (with its own frames), sent together.
 
         Returns the AsyncResult (a ``result_class``), or its value if ``block``.
         """
+        label = self._flags(label=label)["label"]
         records = []
         for frames in frames_per_engine:
             record = self.client.new_record(op, record_class, frames=frames, spec=dict(spec or {"op": op}),
                                             code=code)
             record.track = bool(track)
+            record.label = label
             records.append(record)
         ar = result_class(self.client, records, fname=fname, **result_kwargs)
         self.client.submit(zip(engine_ids, records))
@@ -262,7 +275,7 @@ class DirectView(View):
         return self._send("apply", ids, single, block, call_name(f), frames,
                           track=self._flags(track=track)["track"])
 
-    def execute(self, code: str, silent=True, targets=None, block=None) -> AsyncResult:
+    def execute(self, code: str, silent=True, targets=None, block=None, label=None) -> AsyncResult:
         """Run ``code`` on the engines, in their namespaces.
 
         With ``silent=False`` the engines count it as a cell: expression
@@ -276,17 +289,17 @@ class DirectView(View):
         ids, single = self._targets(targets)
         ar = self._submit("execute", ids, [()] * len(ids), False, "execute",
                           spec={"op": "execute", "silent": bool(silent)}, code=code,
-                          record_class=ExecuteRecord, single=single)
+                          record_class=ExecuteRecord, label=label, single=single)
         if self._flags(block=block)["block"]:
             ar.get()
             ar.wait_for_output()
         return ar
 
-    def run(self, filename, targets=None, block=None):
+    def run(self, filename, targets=None, block=None, label=None):
         """Run the code in ``filename`` on the engines."""
         with open(os.fspath(filename)) as f:
             code = f.read()
-        return self.execute(code, targets=targets, block=block)
+        return self.execute(code, targets=targets, block=block, label=label)
 
     def push(self, ns: dict, targets=None, block=None, track=None):
         """Set the variables in ``ns`` in each engine's namespace."""
@@ -297,7 +310,9 @@ class DirectView(View):
         return self._send("push", ids, single, block, "push", frames,
                           track=self._flags(track=track)["track"])
 
-    update = push
+    def update(self, ns: dict):
+        """Push the variables in ``ns`` with the view's flags (``view.update(ns)``, as dicts do)."""
+        return self.push(ns)
 
     def pull(self, names, targets=None, block=None):
         """Get variables (a name, or a list of names) from each engine's namespace."""
@@ -351,17 +366,17 @@ class DirectView(View):
         return self._send("clear", ids, single, block, "clear")
 
     def _apply_per_engine(self, f, ids, calls, block=None, join=None, chunk_sizes=None, track=False,
-                          return_exceptions=False, fname=None):
+                          return_exceptions=False, fname=None, label=None):
         """Call ``f(*calls[i])`` on engine ``ids[i]``; one AsyncResult over all of them."""
         pickler = self.client.pickler
         frames = [_wire.serialize_call(f, args, {}, pickler) for args in calls]
         name = fname or call_name(f)
         if chunk_sizes is not None:
             return self._submit("apply", ids, frames, block, name, track=track, result_class=AsyncMapResult,
-                                chunk_sizes=chunk_sizes, return_exceptions=return_exceptions)
-        return self._submit("apply", ids, frames, block, name, track=track, join=join)
+                                label=label, chunk_sizes=chunk_sizes, return_exceptions=return_exceptions)
+        return self._submit("apply", ids, frames, block, name, track=track, label=label, join=join)
 
-    def map(self, f, *sequences, block=None, track=False, return_exceptions=False):
+    def map(self, f, *sequences, block=None, track=False, return_exceptions=False, label=None):
         """Map ``f`` over ``sequences``: engine ``i`` maps it over part ``i`` of each.
 
         Sequences may be any iterables (generators too); the shortest one
@@ -369,9 +384,10 @@ class DirectView(View):
         ``return_exceptions=True`` a failed part's error stands in the result
         list for each of its elements, instead of being raised.
         """
-        return self._map(f, sequences, block=block, track=track, return_exceptions=return_exceptions)
+        return self._map(f, sequences, block=block, track=track, return_exceptions=return_exceptions,
+                         label=label)
 
-    def _map(self, f, sequences, block=None, track=False, return_exceptions=False):
+    def _map(self, f, sequences, block=None, track=False, return_exceptions=False, label=None):
         check_callable(f, "map")
         if not sequences:
             raise TypeError("map needs at least one sequence")
@@ -383,7 +399,7 @@ class DirectView(View):
         sizes = [len(parts[0][i]) for i in range(len(ids))]
         return self._apply_per_engine(_engine_code.map_chunk, ids, calls, block, chunk_sizes=sizes,
                                       track=self._flags(track=track)["track"],
-                                      return_exceptions=return_exceptions, fname=call_name(f))
+                                      return_exceptions=return_exceptions, fname=call_name(f), label=label)
 
     # -- picklers ------------------------------------------------------------------------
 

@@ -326,3 +326,29 @@ def test_retries_with_timeout(rc, tmp_path):
     finally:
         go.touch()
     assert slow.get(TIMEOUT) is True
+
+
+# -- label, executor, update ------------------------------------------------------------------
+
+
+def test_label_flag_reaches_the_metadata(rc, dv):
+    ar = dv.execute("1", label="x")
+    assert [m["label"] for m in ar.metadata] == ["x", "x"]
+    with dv.temp_flags(label="lab"):
+        assert [m["label"] for m in dv.apply_async(double, 1).metadata] == ["lab", "lab"]
+    assert [m["label"] for m in dv.map_async(double, range(4), label="m").metadata] == ["m", "m"]
+    lv = rc.load_balanced_view()
+    ar = lv.map_async(double, range(2), label="lm")
+    assert ar.get(TIMEOUT) == [0, 2] and [m["label"] for m in ar.metadata] == ["lm", "lm"]
+    assert lv.apply_async(double, 1).metadata["label"] is None
+    with lv.temp_flags(label="t"):
+        assert lv.apply_async(double, 1).metadata["label"] == "t"
+
+
+def test_directview_executor_and_update(rc, dv):
+    executor = rc[:].executor
+    assert executor.submit(double, 2).result(TIMEOUT) == [4, 4]
+    assert list(executor.map(double, iter(range(5)))) == [0, 2, 4, 6, 8]
+    executor.shutdown()
+    assert dv.update({"up_u": 1}) == [None, None]  # with the view's flags (blocking here)
+    assert isinstance(rc[:].update({"up_u": 2}), ipp.AsyncResult) and dv["up_u"] == [2, 2]
