@@ -398,8 +398,8 @@ class DirectView(View):
         calls = [(f, *(p[i] for p in parts)) for i in range(len(ids))]
         sizes = [len(parts[0][i]) for i in range(len(ids))]
         return self._apply_per_engine(_engine_code.map_chunk, ids, calls, block, chunk_sizes=sizes,
-                                      track=self._flags(track=track)["track"],
-                                      return_exceptions=return_exceptions, fname=call_name(f), label=label)
+                                      track=track, return_exceptions=return_exceptions, fname=call_name(f),
+                                      label=label)
 
     # -- picklers ------------------------------------------------------------------------
 
