@@ -51,7 +51,7 @@ def shell():
     config = Config()
     config.HistoryManager.enabled = False  # no sqlite file for a test shell
     ip = InteractiveShell.instance(config=config)
-    ip.colors = "NoColor"
+    ip.colors = "nocolor"
     yield ip
 
 
