@@ -205,7 +205,7 @@ class View:
 
     def queue_status(self, targets=None, verbose=False) -> dict:
         """Queue lengths of this view's engines."""
-        return self.client.queue_status(self._flags(targets=targets)["targets"] or "all", verbose)
+        return self.client.queue_status(self._targets_or_all(targets), verbose)
 
     def abort(self, jobs=None, targets=None, block=None) -> None:
         """Abort work that has not started yet (default: all of this view's)."""
@@ -214,7 +214,12 @@ class View:
 
     def shutdown(self, targets=None, restart=False, hub=False, block=None) -> None:
         """Stop (or restart) this view's engines."""
-        self.client.shutdown(self._flags(targets=targets)["targets"] or "all", restart, hub, block)
+        self.client.shutdown(self._targets_or_all(targets), restart, hub, block)
+
+    def _targets_or_all(self, targets):
+        """``targets``, else the view's; 'all' for a view on any engine (engine 0 is engine 0)."""
+        targets = self._flags(targets=targets)["targets"]
+        return "all" if targets is None else targets
 
     @property
     def outstanding(self) -> set:
@@ -228,7 +233,10 @@ class View:
         return {m: v for m, v in self.client.results.items() if m in mine}
 
     def __repr__(self) -> str:
-        return f"<{type(self).__name__} {self.targets!r}>"
+        targets = str(self.targets)  # as ipyparallel shows them: <DirectView all>, <DirectView [0, 1]>
+        if len(targets) > 16:
+            targets = targets[:12] + "...]"
+        return f"<{type(self).__name__} {targets}>"
 
 
 class DirectView(View):
@@ -361,9 +369,13 @@ class DirectView(View):
                           postprocess=lambda values: values[0], join=_mapping.join)
 
     def clear(self, targets=None, block=None):
-        """Clear the engines' namespaces."""
+        """Clear the engines' namespaces: an AsyncResult, or None once done if blocking."""
         ids, single = self._targets(targets)
-        return self._send("clear", ids, single, block, "clear")
+        ar = self._send("clear", ids, single, False, "clear")
+        if self._flags(block=block)["block"]:
+            ar.get()
+            return None  # as ipyparallel: a blocking clear returns nothing
+        return ar
 
     def _apply_per_engine(self, f, ids, calls, block=None, join=None, chunk_sizes=None, track=False,
                           return_exceptions=False, fname=None, label=None):

@@ -352,3 +352,10 @@ def test_directview_executor_and_update(rc, dv):
     executor.shutdown()
     assert dv.update({"up_u": 1}) == [None, None]  # with the view's flags (blocking here)
     assert isinstance(rc[:].update({"up_u": 2}), ipp.AsyncResult) and dv["up_u"] == [2, 2]
+
+
+def test_clear_queue_status_and_repr_of_views(rc, dv):
+    assert dv.clear() is None and isinstance(rc[:].clear(), ipp.AsyncResult)  # blocking: nothing
+    assert set(rc[0].queue_status()) == {"queue", "tasks", "completed"}  # engine 0's own, not all
+    assert repr(rc.direct_view()) == "<DirectView all>" and repr(rc[0]) == "<DirectView 0>"
+    assert repr(rc[:]) == "<DirectView [0, 1]>" and repr(rc.load_balanced_view()) == "<LoadBalancedView None>"
