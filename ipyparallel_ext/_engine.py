@@ -8,6 +8,25 @@ receives and checks replies (:meth:`_on_shell`) and outputs
 Work for the engine waits in a client-side queue and at most
 ``max_inflight`` requests are on the wire at once, so that queued work can
 still be aborted (a stock kernel cannot abort one particular message).
+
+Liveness and progress, checked once a second per engine (:meth:`_heartbeat`),
+never per request:
+
+- *alive*: heartbeat echoes; silence is measured on the I/O loop's
+  :meth:`~._iothread.IOLoop.awake` clock, so a stalled client does not
+  declare its engines dead.
+- *the same kernel*: every message a kernel sends carries its session id,
+  which a restart changes.  A control ``kernel_info_request`` every
+  :data:`SESSION_CHECK_PERIOD` (answered even while the shell is busy) makes
+  an idle engine say it too.  A restart done by someone else (a notebook on
+  the same kernel, Jupyter's auto-restart) fails the work the kernel lost,
+  reinstalls our helpers and warns that the namespace is gone.
+- *progress*: a request in flight for :data:`REPLY_CHECK_AFTER` gets a
+  shell ``kernel_info_request`` behind it.  The kernel handles shell
+  messages in order, so when that probe is answered every request sent
+  before it has been handled too: one still without its reply lost it
+  (an interrupt that landed as it finished, say) and fails with
+  :class:`~.error.ReplyLost`, and the engine's queue goes on.
 """
 
 from __future__ import annotations
@@ -22,7 +41,7 @@ import zmq
 
 from . import _wire
 from ._record import DONE, PENDING, SENT, MessageRecord
-from .error import EngineError, RemoteError, TaskAborted
+from .error import EngineError, RemoteError, ReplyLost, TaskAborted
 
 log = logging.getLogger("ipyparallel_ext")
 
@@ -32,6 +51,8 @@ START_TIMEOUT = 60.0  # a starting kernel answers nothing until it has imported 
 PROBE_PERIOD = 0.25  # how often a local engine's process is polled
 OUTPUT_GRACE = 2.0  # how long after its reply a request's outputs may still arrive
 NUDGE_PERIOD = 0.1  # kernel_info resend period while waiting for iopub to connect
+SESSION_CHECK_PERIOD = 2.0  # how often an engine is asked (on control) which kernel session it is
+REPLY_CHECK_AFTER = 2.0  # a request in flight this long gets a progress probe behind it (see above)
 
 _OUTPUT_TYPES = _wire.OUTPUT_TYPES | {"execute_input"}
 
@@ -90,8 +111,13 @@ class EngineConnection:
         self.dead_reason = None
         self._iopub_seen = False
         self._installed = False
-        self._last_beat = time.monotonic()
+        self._last_beat = loop.awake()  # on the loop's clock, which leaves out its stalls
         self.kernel_info = None
+        self._session = None  # the kernel's session id; a restart changes it
+        self._old_sessions: set = set()
+        self._next_session_check = 0.0
+        self._probe_id = None  # the progress probe on the wire (see the module docstring)
+        self._probe_covers: list = []  # msg_ids in flight when it was sent
 
     # -- life cycle -------------------------------------------------------------
 
@@ -119,13 +145,17 @@ class EngineConnection:
         self.iopub = self._socket(zmq.SUB, "iopub", self._on_iopub)
         self.control = self._socket(zmq.DEALER, "control", self._on_control)
         self.hb = self._socket(zmq.DEALER, "hb", self._on_heartbeat)
+        self._install()
+        self._heartbeat()
+        if self.probe is not None:
+            self._probe()
+
+    def _install(self) -> None:
+        """Send the engine helpers; the engine is ready once they are in and iopub is live."""
         install = self._new_record("install", code=_wire.install_code(self.options))
         install.add_done_listener(self._installed_cb)
         self._send(install)
         self._nudge()
-        self._heartbeat()
-        if self.probe is not None:
-            self._probe()
 
     def _installed_cb(self, record) -> None:
         if record.error is not None:
@@ -153,18 +183,24 @@ class EngineConnection:
         if self.dead_reason:
             return
         self.dead_reason = reason
-        records = list(self.inflight.values()) + list(self.queue)
-        self.inflight.clear()
-        self.queue.clear()
         for sock in (self.shell, self.iopub, self.control, self.hb):
             self.loop.remove_socket(sock)
-        error = EngineError(f"engine {self.id} {reason}")
+        self._fail_outstanding(EngineError(f"engine {self.id} {reason}"), queued=True)
+        self.listener.engine_dead(self, reason)
+
+    def _fail_outstanding(self, error, queued=False) -> None:
+        """Fail the requests in flight (and ``queued`` ones); no outputs will come for them."""
+        records = list(self.inflight.values())
+        self.inflight.clear()
+        if queued:
+            records += self.queue
+            self.queue.clear()
+        self._probe_id, self._probe_covers = None, []
         for record in records:
             _finish_record(record, "error", error)
         for record in self.routes.values():
             record.outputs_ready.set()
         self.routes.clear()
-        self.listener.engine_dead(self, reason)
 
     def close(self) -> None:
         """Close quietly (the client is closing): outstanding work fails."""
@@ -173,17 +209,66 @@ class EngineConnection:
     # -- liveness ---------------------------------------------------------------
 
     def _heartbeat(self) -> None:
+        """Once a second: judge silence, ping, check the session and the oldest request."""
         if self.dead_reason:
             return
-        silent_for = time.monotonic() - self._last_beat
+        now = self.loop.awake()
+        silent_for = now - self._last_beat
         if silent_for > (HEARTBEAT_TIMEOUT if self.ready else START_TIMEOUT):
             self.die(f"stopped answering heartbeats for {silent_for:.1f} s (process gone or unreachable)")
             return
         self.hb.send(b"ping")
+        if self.ready and now >= self._next_session_check:
+            self._next_session_check = now + SESSION_CHECK_PERIOD
+            self.control.send_multipart(self.codec.pack("kernel_info_request", {}))
+        if self._probe_id is None and self.inflight:
+            oldest = next(iter(self.inflight.values()))
+            if time.time() - oldest.sent >= REPLY_CHECK_AFTER:
+                self._probe_id = _wire.new_msg_id()
+                self._probe_covers = list(self.inflight)
+                self.shell.send_multipart(self.codec.pack("kernel_info_request", {}, None, self._probe_id))
         self.loop.call_later(HEARTBEAT_PERIOD, self._heartbeat)
 
     def _on_heartbeat(self, frames) -> None:
-        self._last_beat = time.monotonic()
+        self._last_beat = self.loop.awake()
+
+    def _same_kernel(self, msg) -> bool:
+        """Notice a restart from the session id ``msg`` carries; False for a stale message.
+
+        A restart we did not ask for (ours close the connection first) fails
+        the work the old kernel lost and reinstalls the helpers.
+        """
+        session = msg["header"].get("session")
+        if session == self._session:
+            return True
+        if self._session is None:
+            self._session = session
+            return True
+        if session in self._old_sessions:
+            return False  # sent before a restart we have dealt with
+        self._old_sessions.add(self._session)
+        self._session = session
+        log.warning("engine %s was restarted outside this client: its namespace is gone (variables,"
+                    " imports, pushed values); reinstalling the engine helpers", self.id)
+        self._fail_outstanding(EngineError(
+            f"engine {self.id} was restarted (not by this client); the work it was running is lost"))
+        self.ready = self._installed = self._iopub_seen = False
+        self._install()
+        return True
+
+    def _probe_answered(self) -> None:
+        """The progress probe's reply: requests sent before it that are still in flight lost their replies."""
+        lost = [self.inflight.pop(m) for m in self._probe_covers if m in self.inflight]
+        self._probe_id, self._probe_covers = None, []
+        for record in lost:
+            _finish_record(record, "error", ReplyLost(
+                f"engine {self.id} went on past request {record.msg_id} without sending its reply"
+                f" (the reply was lost, e.g. to an interrupt that landed as the request finished);"
+                f" the request may or may not have run"))
+            self._expect_outputs(record, None)
+        if lost:
+            self._pump()
+            self.listener.engine_free(self)
 
     def _probe(self) -> None:
         if self.dead_reason:
@@ -275,23 +360,33 @@ class EngineConnection:
             return None
 
     def _on_control(self, frames) -> None:
-        self._unpack(frames)  # checked and dropped: control replies carry nothing we need
+        # Replies to our session checks (and interrupts): only who sent them matters.
+        msg = self._unpack(frames)
+        if msg is not None and self._same_kernel(msg):
+            self._last_beat = self.loop.awake()
 
     def _on_shell(self, frames) -> None:
         msg = self._unpack(frames)
-        if msg is None:
+        if msg is None or not self._same_kernel(msg):
             return
-        self._last_beat = time.monotonic()
+        self._last_beat = self.loop.awake()
         msg_type = msg["msg_type"]
+        parent_id = msg["parent_header"].get("msg_id")
         if msg_type == "kernel_info_reply":
             self.kernel_info = msg["content"]
+            if parent_id == self._probe_id:
+                self._probe_answered()
             return
-        parent_id = msg["parent_header"].get("msg_id")
         record = self.inflight.pop(parent_id, None)
         if record is None:
             return
         self._complete(record, msg)
-        expected = msg["metadata"].get("ipp_ext_outputs")
+        self._expect_outputs(record, msg["metadata"].get("ipp_ext_outputs"))
+        self._pump()
+        self.listener.engine_free(self)
+
+    def _expect_outputs(self, record, expected) -> None:
+        """``record`` has its reply: its outputs are in once ``expected`` arrived, or after a grace time."""
         if expected is not None and not record.task:
             record.outputs_expected = expected
             if record.outputs_seen >= expected:
@@ -301,8 +396,6 @@ class EngineConnection:
         self._output_deadlines.append((time.monotonic() + OUTPUT_GRACE, weakref.ref(record)))
         if len(self._output_deadlines) == 1:
             self.loop.call_later(OUTPUT_GRACE, self._expire_outputs)
-        self._pump()
-        self.listener.engine_free(self)
 
     def _complete(self, record, msg) -> None:
         content = msg["content"]
@@ -331,9 +424,10 @@ class EngineConnection:
             self._iopub_seen = True
             self._maybe_ready()
         # Every client attached to the kernel gets every output: skip the
-        # ones that are not ours before paying for checking and decoding.
-        msg = self._unpack(frames, self.routes.__contains__)
-        if msg is None:
+        # ones that are not ours before paying for checking and decoding
+        # (but not a kernel's parentless "starting" status).
+        msg = self._unpack(frames, self._routed_or_none)
+        if msg is None or not self._same_kernel(msg):
             return
         parent_id = msg["parent_header"].get("msg_id")
         record = self.routes.get(parent_id)
@@ -347,6 +441,9 @@ class EngineConnection:
             record.add_output(msg_type, msg["content"])
             if record.outputs_expected is not None and record.outputs_seen >= record.outputs_expected:
                 self._outputs_complete(record)
+
+    def _routed_or_none(self, parent_id) -> bool:
+        return parent_id is None or parent_id in self.routes
 
     def _outputs_complete(self, record) -> None:
         """Every output of ``record`` (and of its batch's tasks) has arrived."""

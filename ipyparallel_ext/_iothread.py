@@ -6,6 +6,15 @@ thread-safe and costs a system call), and they wait on Futures that this
 thread completes.  Everything that runs *on* the loop (socket callbacks,
 timers, scheduled calls) must be quick and must not block.
 
+Stalls.  The loop can stand still while others hold the GIL (a long call
+in a C extension) or while one of its callbacks is slow; messages then wait
+in zmq's buffers.  So sockets are read before timers are judged, and the
+loop measures its own stalls -- how late it woke against what it asked for,
+and how long an iteration kept it from polling -- in :attr:`IOLoop.stalled`.
+:meth:`IOLoop.awake` is a clock that leaves stalls out: engines' silences
+are measured on it, so time the loop was not running is never blamed on
+them.
+
 ::
 
     user thread ──call_soon(fn)──▶ deque + wake pipe ─┐
@@ -31,6 +40,9 @@ import time
 import zmq
 
 log = logging.getLogger("ipyparallel_ext")
+
+STALL_SLACK = 0.25  # a wake-up this late, or an iteration this long (s), is a stall
+STALL_NOTE = 1.0  # stalls at least this long are logged (at INFO)
 
 
 _shared = None
@@ -61,6 +73,7 @@ class IOLoop:
         os.set_blocking(self._wake_w, False)
         self._poller.register(self._wake_r, zmq.POLLIN)
         self._stopping = False
+        self.stalled = 0.0  # seconds the loop stood still (see the module docstring)
         self._pid = os.getpid()  # a forked child must start its own loop
         self._thread = threading.Thread(target=self._run, name="ipyparallel_ext-io", daemon=True)
         self._thread.start()
@@ -77,6 +90,10 @@ class IOLoop:
         except OSError:
             if not self._stopping:
                 raise
+
+    def awake(self) -> float:
+        """A monotonic clock (seconds) that stops while the loop is stalled."""
+        return time.monotonic() - self.stalled
 
     def in_loop(self) -> bool:
         """True when called from the I/O thread itself."""
@@ -120,21 +137,43 @@ class IOLoop:
 
     def _run(self) -> None:
         poll = self._poller.poll
+        monotonic = time.monotonic
         while not self._stopping:
-            timeout = self._run_due_timers()
+            timeout = self._timeout()
+            asked = monotonic() + (timeout / 1000 if timeout is not None else 0)
             try:
                 events = poll(timeout)
             except zmq.ZMQError as exc:
                 if exc.errno == zmq.EINTR:
                     continue
                 raise
-            for socket, _event in events:
-                if socket == self._wake_r:
-                    self._drain_wake_pipe()
-                else:
-                    self._read(socket)
+            woke = monotonic()
+            if timeout is not None:
+                self._note_stall(woke - asked, "woke late")
+            self._dispatch(events)
             self._run_calls()
+            busy = monotonic() - woke
+            if busy > STALL_SLACK:
+                # Messages that came in meanwhile are read before any timer
+                # judges an engine's silence.
+                self._note_stall(busy, "was busy")
+                self._dispatch(poll(0))
+            self._run_due_timers()
         self._shutdown()
+
+    def _note_stall(self, seconds: float, how: str) -> None:
+        if seconds > STALL_SLACK:
+            self.stalled += seconds
+            if seconds >= STALL_NOTE:
+                log.info("the I/O thread %s by %.1f s (a long call holding the GIL, or a slow callback);"
+                         " engines are not blamed for it", how, seconds)
+
+    def _dispatch(self, events) -> None:
+        for socket, _event in events:
+            if socket == self._wake_r:
+                self._drain_wake_pipe()
+            else:
+                self._read(socket)
 
     def _read(self, socket) -> None:
         handler = self._handlers.get(socket)
@@ -159,20 +198,24 @@ class IOLoop:
             fn, args = calls.popleft()
             self._guard(fn, *args)
 
-    def _run_due_timers(self) -> int | None:
-        """Run due timers; return the poll timeout (ms) until the next one."""
+    def _run_due_timers(self) -> None:
         timers = self._timers
-        while timers:
-            when, _seq, fn, args = timers[0]
-            if fn is None:
-                heapq.heappop(timers)
-                continue
-            delay = when - time.monotonic()
-            if delay > 0:
-                return max(1, int(delay * 1000) + 1)
+        now = time.monotonic()
+        while timers and (timers[0][2] is None or timers[0][0] <= now):
+            _when, _seq, fn, args = heapq.heappop(timers)
+            if fn is not None:
+                self._guard(fn, *args)
+
+    def _timeout(self) -> int | None:
+        """The poll timeout (ms): 0 with calls waiting, else until the next timer."""
+        if self._calls:
+            return 0
+        timers = self._timers
+        while timers and timers[0][2] is None:
             heapq.heappop(timers)
-            self._guard(fn, *args)
-        return None if not self._calls else 0
+        if not timers:
+            return None
+        return max(0, int((timers[0][0] - time.monotonic()) * 1000) + 1)
 
     @staticmethod
     def _guard(fn, *args) -> None:

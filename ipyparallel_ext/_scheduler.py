@@ -40,7 +40,10 @@ time, so it does not happen twice in a row.
 Time limits.  A time-limited task travels alone; the scheduler knows when it
 starts (when the engine's previous request replied), and past its limit
 interrupts the engine (KeyboardInterrupt in the task), which fails it with
-TaskTimeout and goes on.
+TaskTimeout and goes on.  An interrupt the task ignores is sent again every
+:data:`INTERRUPT_REPEAT` seconds, :data:`INTERRUPT_TRIES` times in all; then
+the task fails with TaskTimeout saying so, without a retry (it may still be
+running there), and its engine gets no more work until it replies.
 
 Failures.  A task that fails is retried (elsewhere if possible) while its
 ``retries`` last; ``UnmetDependency`` raised on an engine bans that engine
@@ -71,6 +74,7 @@ SPLIT = 2  # a batch takes at most 1/(SPLIT x engines) of the queue
 LEARN_RATE = 0.25  # how fast a function's estimate comes down to faster runs
 MAX_ESTIMATES = 512  # functions whose timings are remembered
 INTERRUPT_REPEAT = 1.0  # re-send an interrupt a task ignored, after this long
+INTERRUPT_TRIES = 5  # interrupts sent for one time limit before the task is given up
 SPURIOUS_WINDOW = 2.0  # a KeyboardInterrupt this soon after our interrupt was ours
 HOLD_POLL = 0.005  # how often to look whether held tasks may go again
 
@@ -388,7 +392,16 @@ class TaskScheduler:
         task = batch.task[0]
         if batch.state == DONE or task.state != SENT or task.batch is not batch:
             return
+        if batch.interrupts >= INTERRUPT_TRIES:
+            timeout = TaskTimeout(f"task {task.msg_id} ran past its time_limit of {batch.limit:g} s and engine"
+                                  f" {batch.slot.eid} ignored {batch.interrupts} interrupts; it may still be"
+                                  f" running there, and the engine gets no more tasks until it is done")
+            timeout.engine_info = {"engine_id": batch.slot.eid, "method": "apply"}
+            task.engine_id = batch.slot.eid
+            task.settle("error", timeout)  # no retry: it could run twice at once
+            return
         batch.timed_out = True
+        batch.interrupts += 1
         batch.slot.interrupted_at = time.monotonic()
         batch.slot.conn.send_control("interrupt_request")
         batch.timer = self.loop.call_later(INTERRUPT_REPEAT, self._deadline, batch)

@@ -75,7 +75,7 @@ class Task(MessageRecord):
 class Batch(MessageRecord):
     """A request carrying several tasks (``record.task``), and its scheduling state."""
 
-    __slots__ = ("slot", "started_at", "timer", "timed_out", "pipelinable", "limit", "work")
+    __slots__ = ("slot", "started_at", "timer", "timed_out", "pipelinable", "limit", "work", "interrupts")
 
     def __init__(self, tasks, frames, spec):
         super().__init__(_wire.new_msg_id(), "batch", frames, spec)
@@ -84,6 +84,7 @@ class Batch(MessageRecord):
         self.started_at = None  # when the engine began it (monotonic), if known
         self.timer = None
         self.timed_out = False  # interrupted by us for its time limit
+        self.interrupts = 0  # interrupts sent for it (capped by the scheduler)
         self.pipelinable = False
         self.limit = None  # the time limit of its (single) task
         self.work = 0.0  # estimated seconds it takes

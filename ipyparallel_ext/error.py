@@ -17,6 +17,7 @@ __all__ = [
     "KernelError",
     "EngineError",
     "NoEnginesRegistered",
+    "ReplyLost",
     "TaskAborted",
     "TaskTimeout",
     "TimeoutError",
@@ -52,6 +53,10 @@ class KernelError(IPythonError):
 
 class EngineError(KernelError):
     """An engine died, was shut down or stopped answering while work was outstanding."""
+
+
+class ReplyLost(EngineError):
+    """An engine went on past a request without sending its reply (the request may have run)."""
 
 
 class NoEnginesRegistered(KernelError):
