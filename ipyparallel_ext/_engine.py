@@ -113,6 +113,7 @@ class EngineConnection:
         self._installed = False
         self._last_beat = loop.awake()  # on the loop's clock, which leaves out its stalls
         self.kernel_info = None
+        self._install_record = None
         self._session = None  # the kernel's session id; a restart changes it
         self._old_sessions: set = set()
         self._next_session_check = 0.0
@@ -152,12 +153,14 @@ class EngineConnection:
 
     def _install(self) -> None:
         """Send the engine helpers; the engine is ready once they are in and iopub is live."""
-        install = self._new_record("install", code=_wire.install_code(self.options))
+        install = self._install_record = self._new_record("install", code=_wire.install_code(self.options))
         install.add_done_listener(self._installed_cb)
         self._send(install)
         self._nudge()
 
     def _installed_cb(self, record) -> None:
+        if record is not self._install_record:
+            return  # sent to a kernel that was restarted since; a new install is on its way
         if record.error is not None:
             self.die(f"could not install the engine helpers: {record.error}")
             return

@@ -3,6 +3,9 @@
 import ctypes
 import logging
 import os
+import signal
+import subprocess
+import sys
 import time
 
 import pytest
@@ -91,6 +94,12 @@ def test_restart_of_an_idle_engine_is_noticed(kernel, caplog):
         old_pid = rc[0].apply_async(getpid).get(timeout=T)
         with caplog.at_level(logging.WARNING, logger="ipyparallel_ext"):
             kernel.restart_kernel(now=False)
+            # Sent before the client may have noticed: it fails as lost, or runs once
+            # the helpers are back; never a ModuleNotFoundError from the fresh kernel.
+            try:
+                assert rc[0].apply_async(getpid).get(timeout=T) != old_pid
+            except EngineError as exc:
+                assert "engine 0 was restarted" in str(exc)
             assert wait_until(lambda: any("restarted" in r.getMessage() for r in caplog.records), timeout=T)
         assert rc[0].apply_async(getpid).get(timeout=T) != old_pid
         assert rc.ids == [0]
@@ -166,3 +175,36 @@ def test_re_interrupts_are_capped(make_cluster):
         ar = lv.apply_async(ignore_interrupts, 120)
     with pytest.raises(ipp.TaskTimeout, match=f"ignored {_scheduler.INTERRUPT_TRIES} interrupts"):
         ar.get(timeout=T)
+
+
+CHILD = """
+import sys, time
+import ipyparallel_ext as ipp
+rc = ipp.Client(connection_files=sys.argv[1:])
+rc.wait_for_engines(2, timeout=60)
+running = rc[0].apply_async(lambda: __import__("time").sleep({run}) or "done")
+rc[1].apply_sync(lambda: None)
+print("ready", flush=True)
+sys.stdin.readline()  # the test stops us (SIGSTOP) and lets us go on (SIGCONT), then writes a line
+try:
+    print(running.get(timeout=60), rc[:].apply_async(lambda: "alive").get(timeout=60), rc.ids, flush=True)
+except Exception as exc:
+    print(type(exc).__name__, exc, flush=True)
+"""
+
+
+def test_a_stopped_client_process_does_not_declare_engines_dead(cluster):
+    # The whole client process stands still (Ctrl-Z, a paused VM): zmq's own
+    # threads too, so replies are not even in its queues when the loop wakes.
+    child = subprocess.Popen([sys.executable, "-c", CHILD.format(run=STALL + 3), *cluster.connection_files],
+                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert child.stdout.readline() == "ready\n"
+        os.kill(child.pid, signal.SIGSTOP)
+        time.sleep(STALL)
+        os.kill(child.pid, signal.SIGCONT)
+        out, err = child.communicate("go\n", timeout=T)
+        assert out == "done ['alive', 'alive'] [0, 1]\n", err
+    finally:
+        child.kill()
+        child.wait(T)
