@@ -215,7 +215,8 @@ class IOLoop:
             heapq.heappop(timers)
         if not timers:
             return None
-        return max(0, int((timers[0][0] - time.monotonic()) * 1000) + 1)
+        delay = timers[0][0] - time.monotonic()
+        return 0 if delay <= 0 else int(delay * 1000) + 1
 
     @staticmethod
     def _guard(fn, *args) -> None:

@@ -398,7 +398,7 @@ class TaskScheduler:
                                   f" running there, and the engine gets no more tasks until it is done")
             timeout.engine_info = {"engine_id": batch.slot.eid, "method": "apply"}
             task.engine_id = batch.slot.eid
-            task.settle("error", timeout)  # no retry: it could run twice at once
+            self._fail(task, timeout)  # no retry: it could run twice at once
             return
         batch.timed_out = True
         batch.interrupts += 1
@@ -510,7 +510,7 @@ class TaskScheduler:
             self._hold_timer = self.loop.call_later(HOLD_POLL, self._hold_tick)
 
     def _fail(self, task, error) -> None:
-        """Fail a task that is not on any engine."""
+        """Fail a task for good, from the client side (it is on no engine, or given up there)."""
         self.loop.cancel(task.timer)
         task.settle("error", error)
         task.outputs_ready.set()
