@@ -16,9 +16,12 @@ never per request:
   :meth:`~._iothread.IOLoop.awake` clock, so a stalled client does not
   declare its engines dead.
 - *the same kernel*: every message a kernel sends carries its session id,
-  which a restart changes.  A control ``kernel_info_request`` every
-  :data:`SESSION_CHECK_PERIOD` (answered even while the shell is busy) makes
-  an idle engine say it too.  A restart done by someone else (a notebook on
+  which a restart changes.  ipykernel 7 greets every new IOPub subscriber
+  (our SUB socket reconnecting to a restarted kernel) with a parentless
+  ``iopub_welcome``, so a restart is usually seen at once; a control ``kernel_info_request`` every
+  :data:`SESSION_CHECK_PERIOD` (answered even while the shell is busy; every
+  :data:`SESSION_CHECK_IDLE` when we have no work there) makes a silent
+  engine say it too.  A restart done by someone else (a notebook on
   the same kernel, Jupyter's auto-restart) fails the work the kernel lost,
   reinstalls our helpers and warns that the namespace is gone.
 - *progress*: a request in flight for :data:`REPLY_CHECK_AFTER` gets a
@@ -51,7 +54,8 @@ START_TIMEOUT = 60.0  # a starting kernel answers nothing until it has imported 
 PROBE_PERIOD = 0.25  # how often a local engine's process is polled
 OUTPUT_GRACE = 2.0  # how long after its reply a request's outputs may still arrive
 NUDGE_PERIOD = 0.1  # kernel_info resend period while waiting for iopub to connect
-SESSION_CHECK_PERIOD = 2.0  # how often an engine is asked (on control) which kernel session it is
+SESSION_CHECK_PERIOD = 2.0  # how often an engine with work is asked (on control) which kernel session it is
+SESSION_CHECK_IDLE = 10.0  # ... and an idle one (each check makes the kernel publish busy/idle)
 REPLY_CHECK_AFTER = 2.0  # a request in flight this long gets a progress probe behind it (see above)
 
 _OUTPUT_TYPES = _wire.OUTPUT_TYPES | {"execute_input"}
@@ -116,7 +120,7 @@ class EngineConnection:
         self._install_record = None
         self._session = None  # the kernel's session id; a restart changes it
         self._old_sessions: set = set()
-        self._next_session_check = 0.0
+        self._session_checked = float("-inf")  # when we last asked (awake clock)
         self._probe_id = None  # the progress probe on the wire (see the module docstring)
         self._probe_covers: list = []  # msg_ids in flight when it was sent
 
@@ -221,8 +225,8 @@ class EngineConnection:
             self.die(f"stopped answering heartbeats for {silent_for:.1f} s (process gone or unreachable)")
             return
         self.hb.send(b"ping")
-        if self.ready and now >= self._next_session_check:
-            self._next_session_check = now + SESSION_CHECK_PERIOD
+        if self.ready and now - self._session_checked >= (SESSION_CHECK_PERIOD if self.load else SESSION_CHECK_IDLE):
+            self._session_checked = now
             self.control.send_multipart(self.codec.pack("kernel_info_request", {}))
         if self._probe_id is None and self.inflight:
             oldest = next(iter(self.inflight.values()))
@@ -428,7 +432,8 @@ class EngineConnection:
             self._maybe_ready()
         # Every client attached to the kernel gets every output: skip the
         # ones that are not ours before paying for checking and decoding
-        # (but not a kernel's parentless "starting" status).
+        # (but not parentless ones: "iopub_welcome" or status "starting"
+        # from a kernel that was restarted).
         msg = self._unpack(frames, self._routed_or_none)
         if msg is None or not self._same_kernel(msg):
             return
