@@ -18,12 +18,13 @@ never per request:
 - *the same kernel*: every message a kernel sends carries its session id,
   which a restart changes.  ipykernel 7 greets every new IOPub subscriber
   (our SUB socket reconnecting to a restarted kernel) with a parentless
-  ``iopub_welcome``, so a restart is usually seen at once; a control ``kernel_info_request`` every
-  :data:`SESSION_CHECK_PERIOD` (answered even while the shell is busy; every
-  :data:`SESSION_CHECK_IDLE` when we have no work there) makes a silent
-  engine say it too.  A restart done by someone else (a notebook on
-  the same kernel, Jupyter's auto-restart) fails the work the kernel lost,
-  reinstalls our helpers and warns that the namespace is gone.
+  ``iopub_welcome``, so a restart is usually seen at once; a control
+  ``kernel_info_request`` (answered even while the shell is busy) every
+  :data:`SESSION_CHECK_PERIOD` with work there, :data:`SESSION_CHECK_IDLE`
+  without, makes a silent engine say it too.  A restart done by someone
+  else (a notebook on the same kernel, Jupyter's auto-restart) fails the
+  work the kernel lost, reinstalls our helpers and warns that the
+  namespace is gone.
 - *progress*: a request in flight for :data:`REPLY_CHECK_AFTER` gets a
   shell ``kernel_info_request`` behind it.  The kernel handles shell
   messages in order, so when that probe is answered every request sent
