@@ -50,6 +50,7 @@ KEPT = {
     "extra: error.ClientClosed": "a closed Client says so instead of failing on a closed socket",
     "extra: error.ConnectionFileError": "a kernel connection file is missing, unreadable or incomplete",
     "extra: error.EngineStartError": "an engine kernel could not be started (names it and shows its log)",
+    "extra: error.ReplyLost": "an EngineError: the engine went on past a request without replying to it",
     "extra: error.SerializationError": "an argument or result cannot be pickled: names which one",
     "extra: error.composite_error": "builds the CompositeError of several engines' errors, also for EngineErrors",
     # -- util ------------------------------------------------------------------------------
