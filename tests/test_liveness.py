@@ -109,6 +109,22 @@ def test_restart_of_an_idle_engine_is_noticed(kernel, caplog):
         rc.close()
 
 
+def test_a_cluster_restart_is_seen_by_other_clients_of_the_engine(make_cluster, caplog):
+    cluster, rc = make_cluster(2)
+    with ipp.Client(connection_files=cluster.connection_files) as other:  # attached: not told by the Cluster
+        other.wait_for_engines(2, timeout=T)
+        old_pid = other[0].apply_async(getpid).get(timeout=T)
+        running = other[0].apply_async(snooze, 120)
+        assert wait_until(lambda: running.sent, timeout=T)
+        with caplog.at_level(logging.WARNING, logger="ipyparallel_ext"):
+            rc.shutdown(targets=[0], restart=True)
+            with pytest.raises(EngineError, match="engine 0 was restarted"):
+                running.get(timeout=T)
+            assert wait_until(lambda: other.ids == [0, 1], timeout=T)
+            assert other[0].apply_async(getpid).get(timeout=T) not in (old_pid, None)
+        assert any("namespace is gone" in r.getMessage() for r in caplog.records)
+
+
 # -- lost replies ----------------------------------------------------------------------------------
 
 # Runs on the engine: this request's own execute_reply never leaves the kernel
