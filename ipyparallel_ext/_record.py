@@ -7,12 +7,15 @@ finishes exactly once (:meth:`finish`), with a result payload or an error.
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from datetime import datetime, timezone
 
 from . import _wire
 from .error import RemoteError
+
+log = logging.getLogger("ipyparallel_ext")
 
 # States of a record.
 PENDING = "pending"  # queued in the client, not sent
@@ -23,6 +26,11 @@ DONE = "done"
 # Guards the hand-over between add_done_listener (any thread) and finish
 # (I/O thread); one lock for all records, held for a few instructions.
 _listeners_lock = threading.Lock()
+
+# Guard the one-time unpickling in value(): records are many, so they share
+# a few locks picked by identity rather than carrying one each.  Reentrant:
+# unpickling one record may read another that hashes to the same lock.
+_value_locks = tuple(threading.RLock() for _ in range(64))
 
 
 def _timestamp(seconds: float | None):
@@ -117,7 +125,12 @@ class MessageRecord:
             self.state = DONE
             listeners, self._listeners = self._listeners, []
         for fn in listeners:
-            fn(self)
+            # One failing listener must not stop the others, nor the caller
+            # (the engine connection, which still has to send the next request).
+            try:
+                fn(self)
+            except Exception:
+                log.exception("error in a completion listener of request %s", self.msg_id)
         return True
 
     def add_output(self, kind: str, content: dict) -> None:
@@ -144,11 +157,18 @@ class MessageRecord:
         """The result object, unpickled once, on first use, in the caller's thread."""
         if self.error is not None:
             return self.error
-        if self._value is None:
-            value = _wire.deserialize(self.result_frames, self.pickler) if self.result_frames else None
-            self._value = (value,)
-            self.result_frames = None
-        return self._value[0]
+        cached = self._value
+        if cached is None:
+            # Two threads may ask at once (ar.get() beside rc.results): only one
+            # unpickles and frees the frames; the other waits and reads its value.
+            with _value_locks[id(self) >> 4 & 63]:
+                cached = self._value
+                if cached is None:
+                    frames = self.result_frames
+                    cached = (_wire.deserialize(frames, self.pickler) if frames else None,)
+                    self._value = cached
+                    self.result_frames = None
+        return cached[0]
 
     @property
     def metadata(self) -> dict:
