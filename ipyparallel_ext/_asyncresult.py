@@ -1,10 +1,28 @@
 """AsyncResult and AsyncMapResult: the futures that View methods return.
 
 An AsyncResult is a :class:`concurrent.futures.Future` over one or more
-:class:`~._record.MessageRecord`\\ s.  The I/O thread resolves it when its
-last record finishes; the result is unpickled later, in the thread that asks
-for it.  ``await ar``, ``asyncio.wrap_future(ar)`` and
-``concurrent.futures.wait`` all work.
+:class:`~._record.MessageRecord`\\ s.  Completion and waiting are kept apart,
+as in :mod:`concurrent.futures`::
+
+    I/O thread                                   any other thread
+    ----------                                   ----------------
+    reply ─▶ record.finish ─▶ _record_done       get() / result() / wait()
+             (last record) ─▶ _resolve:            wait, then unpickle the
+             the ONLY place that completes         result here, once
+             the future (set_result/exception,     (never on the I/O thread)
+             or cancel after an abort)
+                    │
+                    ├─▶ our own quick listeners (_add_done_listener), here
+                    └─▶ user callbacks (add_done_callback) ─▶ the callback
+                        thread (:mod:`._callbacks`), never the I/O thread
+
+``set_result``/``set_exception`` are fenced off: a caller cannot complete
+(or break) a result that the engines will complete.  :meth:`cancel` follows
+the Future contract: it aborts work still queued in the client and succeeds
+only if all of it was; running work is not cancelled.  Waiting for a result
+on the I/O thread (in a record listener) could only deadlock, so it raises
+:class:`~.error.DeadlockError`.  ``await ar``, ``asyncio.wrap_future(ar)``
+and ``concurrent.futures.wait`` all work.
 """
 
 from __future__ import annotations
@@ -13,27 +31,37 @@ import asyncio
 import concurrent.futures
 import threading
 import time
+import warnings
+from concurrent.futures import ALL_COMPLETED, FIRST_COMPLETED, FIRST_EXCEPTION
+from datetime import datetime
 
-from . import _display
-from .error import composite_error
+from . import _callbacks, _display
+from ._record import DONE, PENDING
+from .error import DeadlockError, InvalidStateError, composite_error
 
-_FOREVER = None
+_Future = concurrent.futures.Future
 
 
 def _deadline_timeout(timeout):
     """ipyparallel treats None and negative timeouts as 'wait forever'."""
     if timeout is None or timeout < 0:
-        return _FOREVER
+        return None
     return timeout
 
 
-class AsyncResult(concurrent.futures.Future):
+def _fenced(method: str):
+    raise InvalidStateError(
+        f"AsyncResult.{method}: an AsyncResult is completed by its client when the engines reply;"
+        " it cannot be completed from outside (use cancel() or abort() to drop queued work)")
+
+
+class AsyncResult(_Future):
     """The pending result of work sent to one or more engines.
 
     Parameters
     ----------
     client : Client
-        The client that sent the work (used by :meth:`abort`).
+        The client that sent the work (used by :meth:`abort` and :meth:`cancel`).
     records : list of MessageRecord
         One record per request.
     fname : str
@@ -43,12 +71,16 @@ class AsyncResult(concurrent.futures.Future):
         then ``get()`` returns the value rather than a one-element list,
         and errors are raised as they are rather than in a CompositeError.
     return_exceptions : bool
-        Put errors in the result list instead of raising them.
+        Put errors in the result list instead of raising them (the default
+        of :meth:`get`'s ``return_exceptions``).
     postprocess : callable, optional
         Applied to each record's value (e.g. unpacking a pull of one name).
     join : callable, optional
         Joins the list of values into one (e.g. gather's concatenation).
     """
+
+    owner = True  # ipyparallel's flag; results stay in ``client.results`` until purged
+    _chunk_sizes = None  # elements per record (maps); None: one each
 
     def __init__(self, client, records, fname="unknown", single=False, return_exceptions=False,
                  postprocess=None, join=None):
@@ -63,14 +95,16 @@ class AsyncResult(concurrent.futures.Future):
         self._remaining = len(self._records)
         self._count_lock = threading.Lock()
         self._decode_lock = threading.Lock()
-        self._decoded = None
-        self.owner = True
+        self._decoded = None  # each record's value, unpickled once
+        self._assembled = None  # (the result,) as get() returns it
+        self._cancelling = False
+        self._parts = None  # split(), made once
         if not self._records:
-            self.set_result(None)
+            _Future.set_result(self, None)
         for record in self._records:
             record.add_done_listener(self._record_done)
 
-    # -- completion (I/O thread) --------------------------------------------------
+    # -- completion: I/O thread (or the constructing thread, for records done already) ----
 
     def _record_done(self, record) -> None:
         with self._count_lock:
@@ -80,38 +114,142 @@ class AsyncResult(concurrent.futures.Future):
             self._resolve()
 
     def _resolve(self) -> None:
-        errors = [r.error for r in self._records if r.error is not None]
+        """Complete the future; runs once, when the last record is done."""
+        records = self._records
+        if self._cancelling and all(r.status == "aborted" for r in records):
+            # cancel() aborted every request before it was sent: a cancelled Future.
+            _Future.cancel(self)
+            _Future.set_running_or_notify_cancel(self)  # wakes concurrent.futures.wait()
+            return
+        errors = [r.error for r in records if r.error is not None]
         if not errors or self._return_exceptions:
-            self.set_result(None)
+            _Future.set_result(self, None)
         elif self._single_result and len(errors) == 1:
-            self.set_exception(errors[0])
+            _Future.set_exception(self, errors[0])
         else:
-            self.set_exception(composite_error(errors, self._fname))
+            _Future.set_exception(self, composite_error(errors, self._fname))
 
-    # -- results (any thread) -------------------------------------------------------
+    def set_result(self, result):
+        """Fenced: only the client completes an AsyncResult (raises InvalidStateError)."""
+        _fenced("set_result")
+
+    def set_exception(self, exception):
+        """Fenced: only the client completes an AsyncResult (raises InvalidStateError)."""
+        _fenced("set_exception")
+
+    def set_running_or_notify_cancel(self):
+        """Fenced: only the client changes an AsyncResult's state (raises InvalidStateError)."""
+        _fenced("set_running_or_notify_cancel")
+
+    def _add_done_listener(self, fn) -> None:
+        """Call ``fn(self)`` when done, on the completing thread (the I/O thread).
+
+        For the package's own quick, non-blocking bookkeeping (imap, live
+        output); user callables go through :meth:`add_done_callback`.
+        """
+        _Future.add_done_callback(self, fn)
+
+    def add_done_callback(self, fn) -> None:
+        """Call ``fn(self)`` when done, on the callback thread (never on the I/O thread).
+
+        If the result is done already, ``fn`` is called at once in this
+        thread, as :class:`concurrent.futures.Future` does.  Callbacks may
+        wait for other results (``other.get()``).
+        """
+        if self.done() and not self._on_io_thread():
+            _Future.add_done_callback(self, fn)
+        else:
+            _Future.add_done_callback(self, lambda ar: _callbacks.call_soon(fn, ar))
+
+    def cancel(self) -> bool:
+        """Abort the requests still queued in the client; True if that was all of them.
+
+        As :meth:`concurrent.futures.Future.cancel`: work already sent to an
+        engine is not stopped, and then this returns False (the result
+        arrives as usual; queued requests of the same result are aborted and
+        raise :class:`TaskAborted`).  Use :meth:`Client.interrupt` or a
+        ``time_limit`` to stop running work.
+        """
+        if self.done():
+            return self.cancelled()
+        queued = [r for r in self._records if r.state == PENDING]
+        if not queued or self._client is None:
+            return False
+        self._cancelling = len(queued) == len(self._records)
+        self._client.abort(self)  # on the I/O thread, which then resolves us (see _resolve)
+        return self.cancelled()
+
+    # -- waiting (any thread but the I/O thread) -------------------------------------------------
+
+    def _on_io_thread(self) -> bool:
+        loop = getattr(self._client, "io_loop", None)
+        return loop is not None and loop.in_loop()
+
+    def _check_may_block(self, what="the result") -> None:
+        if self._on_io_thread():
+            raise DeadlockError(
+                f"waiting for {what} of {self._fname} on the ipyparallel_ext I/O thread (in a record"
+                " listener?) could only deadlock: that thread delivers results. Wait in another"
+                " thread, or use add_done_callback")
+
+    def _wait_done(self, timeout) -> bool:
+        """Wait until done (``timeout``: None or negative waits for ever); True if done."""
+        if self.done():
+            return True
+        timeout = _deadline_timeout(timeout)
+        if timeout != 0:
+            self._check_may_block()
+        concurrent.futures.wait([self], timeout=timeout)
+        return self.done()
 
     def result(self, timeout=None):
         """The value(s), unpickled on first use; raises the remote error if any."""
-        super().result(_deadline_timeout(timeout))
+        if not self._wait_done(timeout):
+            raise concurrent.futures.TimeoutError()
+        _Future.result(self, 0)  # raises the error, or CancelledError
         with self._decode_lock:
-            if self._decoded is None:
-                self._decoded = (self._collect(),)
-        return self._decoded[0]
+            if self._assembled is None:
+                self._assembled = (self._assemble(self._values_locked()),)
+            return self._assembled[0]
 
-    def _values(self) -> list:
-        values = [r.value() for r in self._records]
-        if self._postprocess is not None:
-            values = [v if isinstance(v, BaseException) else self._postprocess(v) for v in values]
-        return values
+    def exception(self, timeout=None):
+        """As :meth:`concurrent.futures.Future.exception` (raises DeadlockError on the I/O thread)."""
+        if not self.done():
+            self._check_may_block()
+        return super().exception(timeout)
 
-    def _collect(self):
-        values = self._values()
+    def _values_locked(self) -> list:
+        """Each record's value, or its error if it failed (caller holds ``_decode_lock``)."""
+        if self._decoded is None:
+            values = [r.value() for r in self._records]
+            if self._postprocess is not None:
+                values = [v if isinstance(v, BaseException) else self._postprocess(v) for v in values]
+            self._decoded = values
+        return self._decoded
+
+    def _assemble(self, values):
+        """The result as get() returns it, from each record's value."""
         if self._join is not None:
+            if any(isinstance(v, BaseException) for v in values):
+                return _flatten(values)  # with errors in place, as ipyparallel does
             return self._join(values)
         return values[0] if self._single_result else values
 
-    def get(self, timeout=None):
+    def get(self, timeout=None, return_exceptions=None, return_when=None):
         """Wait for the result and return it.
+
+        Parameters
+        ----------
+        timeout : float, optional
+            Seconds to wait; None or negative waits until done.
+        return_exceptions : bool, optional
+            Return errors in place of the values that failed, instead of
+            raising them.  Default: as the AsyncResult was made.
+        return_when : {None, ALL_COMPLETED, FIRST_EXCEPTION}
+            With ``FIRST_EXCEPTION`` the first failure is raised (returned)
+            at once, without waiting for the other requests.
+            ``FIRST_COMPLETED`` is not supported; it warns and waits for all,
+            as in ipyparallel.
 
         Raises
         ------
@@ -120,48 +258,129 @@ class AsyncResult(concurrent.futures.Future):
         RemoteError, CompositeError, EngineError, TaskAborted
             If the work failed.
         """
+        if return_when == FIRST_COMPLETED:
+            warnings.warn("Ignoring unsupported AsyncResult.get(return_when=FIRST_COMPLETED)",
+                          UserWarning, stacklevel=2)
+        if return_exceptions is None:
+            return_exceptions = self._return_exceptions
+        if return_when == FIRST_EXCEPTION and not self.done():
+            done, pending = self.wait(timeout, return_when=FIRST_EXCEPTION)
+            failed = [part for part in done if part._failed()]
+            if pending and failed:
+                return failed[0].get(0, return_exceptions)
         try:
-            return self.result(timeout)
+            if not return_exceptions:
+                return self.result(timeout)
+            if not self._wait_done(timeout):
+                raise concurrent.futures.TimeoutError()
+            if self.cancelled():
+                raise concurrent.futures.CancelledError()
+            with self._decode_lock:
+                return self._assemble(self._values_locked())
         except concurrent.futures.TimeoutError:
             raise TimeoutError(f"{self._fname} result not ready after {timeout} s") from None
 
-    def wait(self, timeout=None) -> bool:
-        """Wait until done (or ``timeout`` seconds); return :meth:`ready`."""
-        concurrent.futures.wait([self], timeout=_deadline_timeout(timeout))
-        return self.done()
+    @property
+    def r(self):
+        """The result: ``get()``."""
+        return self.get()
+
+    def wait(self, timeout=-1, return_when=None):
+        """Wait until done (or ``timeout`` seconds; None or negative: no limit).
+
+        Returns
+        -------
+        bool
+            With no ``return_when``: True if done.
+        (done, pending) : tuple of sets of AsyncResult
+            With ``return_when`` (ALL_COMPLETED, FIRST_COMPLETED or
+            FIRST_EXCEPTION): :meth:`split` results, as
+            :func:`concurrent.futures.wait` returns them.
+        """
+        if return_when is None:
+            return self._wait_done(timeout)
+        timeout = _deadline_timeout(timeout)
+        if timeout != 0 and not self.done():
+            self._check_may_block()
+        return concurrent.futures.wait(self.split(), timeout=timeout, return_when=return_when)
 
     def ready(self) -> bool:
         """True when every request has finished."""
         return self.done()
+
+    def _failed(self) -> bool:
+        return self.cancelled() or any(r.error is not None for r in self._records)
 
     def successful(self) -> bool:
         """True if done and nothing failed.
 
         Raises
         ------
-        ValueError
-            If the result is not ready yet (as in ipyparallel).
+        InvalidStateError
+            (a RuntimeError) If the result is not ready yet, as in ipyparallel.
         """
         if not self.done():
-            raise ValueError(f"{self._fname} is not ready")
-        return self.exception() is None and not any(r.error for r in self._records)
+            raise InvalidStateError(f"Cannot check successful() if not done ({self._fname} is pending)")
+        return not self._failed()
 
-    def get_dict(self, timeout=None) -> dict:
+    def get_dict(self, timeout=-1) -> dict:
         """Results keyed by engine id (each engine may appear once)."""
         values = self.get(timeout)
         if self._single_result:
             values = [values]
         ids = [r.engine_id for r in self._records]
-        if len(set(ids)) != len(ids):
-            raise ValueError("cannot make a dict: some engines ran more than one of these requests")
+        for engine_id in ids:
+            if ids.count(engine_id) > 1:
+                raise ValueError(f"Cannot build dict, {ids.count(engine_id)} jobs ran on engine #{engine_id}")
         return dict(zip(ids, values))
+
+    @property
+    def result_dict(self) -> dict:
+        """The result as a dict keyed by engine id: ``get_dict()``."""
+        return self.get_dict()
 
     def __await__(self):
         return asyncio.wrap_future(self).__await__()
 
     def abort(self) -> None:
-        """Abort the requests that have not started yet (they raise TaskAborted)."""
-        self._client.abort(self)
+        """Abort the requests that have not started yet (they raise TaskAborted).
+
+        Raises
+        ------
+        InvalidStateError
+            (a RuntimeError) If the result is done already, as in ipyparallel.
+        """
+        if self.done():
+            raise InvalidStateError(f"Can't abort, {self._fname} is already done!")
+        self._client.abort(self, block=True)
+
+    # -- parts -------------------------------------------------------------------------------
+
+    def split(self) -> tuple:
+        """One AsyncResult per request, e.g. to pass to :func:`concurrent.futures.wait`.
+
+        A map's parts return their chunk's list (in a list), as in ipyparallel.
+        """
+        if len(self._records) <= 1:
+            return (self,)
+        if self._parts is None:
+            single = not isinstance(self, AsyncMapResult)
+            self._parts = tuple(
+                AsyncResult(self._client, [r], self._fname, single=single,
+                            return_exceptions=self._return_exceptions, postprocess=self._postprocess)
+                for r in self._records)
+        return self._parts
+
+    @classmethod
+    def join(cls, *async_results):
+        """One AsyncResult over the requests of several (the inverse of :meth:`split`)."""
+        if not async_results:
+            raise ValueError("Must specify at least one AsyncResult to join")
+        first = async_results[0]
+        if len(async_results) == 1:
+            return first
+        records = [r for ar in async_results for r in ar._records]
+        return cls(first._client, records, fname=first._fname, return_exceptions=first._return_exceptions)
 
     # -- what is known about the requests --------------------------------------------
 
@@ -174,21 +393,26 @@ class AsyncResult(concurrent.futures.Future):
 
     def _outputs_done(self, timeout=5.0) -> None:
         """Wait (briefly) until the outputs of finished requests have arrived."""
+        if self._on_io_thread():
+            return  # outputs arrive on this very thread: take what is there
         deadline = time.monotonic() + timeout
         for record in self._records:
-            if record.state == "done":
+            if record.state == DONE:
                 record.outputs_ready.wait(max(0.0, deadline - time.monotonic()))
 
     def wait_for_output(self, timeout=-1) -> bool:
         """Wait until done and every output (stdout, displays) has arrived; True if so."""
         timeout = _deadline_timeout(timeout)
         deadline = None if timeout is None else time.monotonic() + timeout
-        if not self.wait(timeout):
+        if not self._wait_done(timeout):
             return False
         for record in self._records:
             left = None if deadline is None else max(0.0, deadline - time.monotonic())
-            if not record.outputs_ready.wait(left):
-                return False
+            if not record.outputs_ready.is_set():
+                if left != 0:
+                    self._check_may_block("the outputs")
+                if not record.outputs_ready.wait(left):
+                    return False
         return True
 
     @property
@@ -198,88 +422,195 @@ class AsyncResult(concurrent.futures.Future):
 
     def __getattr__(self, key):
         # ar.stdout, ar.engine_id, ar.started ...: metadata fields, as in ipyparallel.
-        if key.startswith("_") or key not in _METADATA_KEYS:
+        if key.startswith("_"):
             raise AttributeError(f"{type(self).__name__!r} object has no attribute {key!r}")
+        try:
+            return self._metadata_field(key)
+        except KeyError:
+            raise AttributeError(f"{type(self).__name__!r} object has no attribute {key!r}") from None
+
+    def _metadata_field(self, key):
+        """One metadata field, per record; KeyError if there is no such field."""
         if key in _OUTPUT_KEYS:
             self._outputs_done()
         return self._per_record([r.metadata[key] for r in self._records])
 
     def __getitem__(self, key):
+        """``ar["stdout"]``: metadata (any time); ``ar[i]``, ``ar[i:j]``: of the result (once ready)."""
         if isinstance(key, str):
-            return getattr(self, key)
-        return self.get()[key] if not self._single_result else [self.get()][key]
+            return self._metadata_field(key)
+        if isinstance(key, (int, slice)):
+            if not self.done():
+                raise TimeoutError(f"{self._fname} result not ready")
+            return self.get(0)[key]
+        raise TypeError(f"Invalid key type {type(key)!r}, must be 'int', 'slice', or 'str'")
 
     def __len__(self) -> int:
+        if self._chunk_sizes is not None:
+            return sum(self._chunk_sizes)
         return 1 if self._single_result else len(self._records)
 
     def __iter__(self):
-        value = self.get()
-        yield from ([value] if self._single_result else value)
+        """The values, each as soon as it (and those before it) is ready; errors raise when reached."""
+        if self._single_result:
+            raise TypeError("AsyncResults with a single result are not iterable.")
+        if self.done() or self._join is not None:
+            yield from self.get()
+            return
+        for part in self.split():
+            yield part.get()
 
     def __dir__(self):
-        return sorted(set(super().__dir__()) | _METADATA_KEYS)
+        keys = self._records[0].metadata.keys() if self._records else ()
+        return sorted(set(super().__dir__()) | set(keys))
 
     @property
     def sent(self) -> bool:
-        return all(r.state != "pending" for r in self._records)
+        """True when every request has been handed to zmq (and zmq is done with tracked buffers)."""
+        return all(r.state != PENDING and (r.tracker is None or r.tracker.done) for r in self._records)
 
-    def wait_for_send(self, timeout=None) -> bool:
-        """Wait until every request is handed to zmq (and, with ``track=True``, zmq is done with its buffers)."""
-        deadline = None if _deadline_timeout(timeout) is None else time.monotonic() + timeout
+    def wait_for_send(self, timeout=-1) -> bool:
+        """Wait until every request is sent (with ``track=True``: until zmq is done with its buffers).
+
+        Raises
+        ------
+        TimeoutError
+            If that has not happened within ``timeout`` seconds (None or negative: no limit).
+        """
+        timeout = _deadline_timeout(timeout)
+        deadline = None if timeout is None else time.monotonic() + timeout
         while not self.sent:
-            if deadline is not None and time.monotonic() > deadline:
-                raise TimeoutError("requests not sent yet")
+            if deadline is not None and time.monotonic() >= deadline:
+                raise TimeoutError(f"{self._fname}: still waiting to be sent")
+            self._check_may_block("the send")
             time.sleep(0.001)
-        for record in self._records:
-            tracker = record.tracker
-            if tracker is not None:
-                left = None if deadline is None else max(0.0, deadline - time.monotonic())
-                tracker.wait(left)
         return True
 
     @property
     def elapsed(self) -> float:
-        """Seconds since submission (until completion, when done)."""
-        start = min(r.submitted for r in self._records) if self._records else time.time()
-        ends = [r.received for r in self._records]
-        end = max(ends) if self.done() and all(ends) else time.time()
-        return end - start
+        """Seconds since submission (until the last reply, when done)."""
+        if self.done():
+            return self.wall_time
+        start = min((r.submitted for r in self._records), default=time.time())
+        return time.time() - start
+
+    def _check_ready(self) -> None:
+        if not self.done():
+            raise TimeoutError("result not ready")
 
     @property
     def wall_time(self) -> float:
-        """Seconds from the first submission to the last reply."""
-        self.wait()
-        return self.elapsed
+        """Seconds from the first submission to the last reply.
+
+        Raises
+        ------
+        TimeoutError
+            If the result is not ready yet (as in ipyparallel).
+        """
+        self._check_ready()
+        if not self._records:
+            return 0.0
+        received = [r.received or r.submitted for r in self._records]
+        return max(received) - min(r.submitted for r in self._records)
 
     @property
     def serial_time(self) -> float:
-        """Engine time: the sum of every request's run time."""
-        self.wait()
+        """Engine time: the sum of every request's run time.
+
+        Raises
+        ------
+        TimeoutError
+            If the result is not ready yet (as in ipyparallel).
+        """
+        self._check_ready()
         return sum((r.completed or 0) - (r.started or r.completed or 0) for r in self._records)
+
+    def timedelta(self, start, end, start_key=min, end_key=max) -> float:
+        """Seconds between two (sets of) timestamps, e.g. ``ar.timedelta(ar.submitted, ar.received)``.
+
+        Parameters
+        ----------
+        start, end : datetime or list of datetime
+            Timestamps (metadata fields such as ``ar.started``).
+        start_key, end_key : callable
+            Pick one timestamp from a list (default: the earliest start, the latest end).
+        """
+        if not isinstance(start, datetime):
+            start = start_key(start)
+        if not isinstance(end, datetime):
+            end = end_key(end)
+        return (end - start).total_seconds()
 
     @property
     def progress(self) -> int:
-        """How many requests have finished."""
-        return sum(r.state == "done" for r in self._records)
+        """How many tasks (map elements, for a map) have finished."""
+        sizes = self._chunk_sizes or [1] * len(self._records)
+        return sum(size for r, size in zip(self._records, sizes) if r.state == DONE)
 
-    def wait_interactive(self, interval=0.1, timeout=None, widget=None, return_when=None):
-        """Wait with a progress bar (a widget in notebooks, text in a terminal)."""
-        _display.progress_wait(self, interval, timeout, widget)
+    def wait_interactive(self, interval=0.1, timeout=-1, widget=None, return_when=ALL_COMPLETED) -> None:
+        """Wait with a progress bar (a widget in notebooks, text in a terminal).
+
+        Parameters
+        ----------
+        interval : float
+            Seconds between updates of the bar.
+        timeout : float
+            Give up waiting after this many seconds (None or negative: no limit).
+        widget : bool, optional
+            Force (or forbid) a widget bar; default: a widget in a notebook.
+        return_when : ALL_COMPLETED, FIRST_COMPLETED or FIRST_EXCEPTION
+            When to stop waiting, as for :func:`concurrent.futures.wait`.
+        """
+        if return_when == FIRST_COMPLETED:
+            until = lambda: any(r.state == DONE for r in self._records)  # noqa: E731
+        elif return_when == FIRST_EXCEPTION:
+            until = lambda: any(r.error is not None for r in self._records)  # noqa: E731
+        elif return_when in (ALL_COMPLETED, None):
+            until = None
+        else:
+            raise ValueError(f"Unrecognized return_when={return_when!r}")
+        if not self.done():
+            self._check_may_block()
+        _display.progress_wait(self, interval, _deadline_timeout(timeout), widget, until=until)
 
     def display_outputs(self, groupby="type", result_only=False) -> None:
-        """Show stdout, stderr, displays and results, labelled by engine, as ipyparallel does."""
+        """Show stdout, stderr, displays and results, labelled by engine, as ipyparallel does.
+
+        Raises
+        ------
+        TimeoutError
+            If the result is not ready yet (as in ipyparallel).
+        """
+        self._check_ready()
         self._outputs_done()
         _display.display_outputs(self, groupby=groupby, result_only=result_only)
 
     def __repr__(self) -> str:
-        state = "finished" if self.done() else "pending"
+        state = "pending" if not self.done() else "failed" if self._failed() else "finished"
         return f"<{type(self).__name__}({self._fname}): {state}>"
 
 
 _OUTPUT_KEYS = {"stdout", "stderr", "outputs", "execute_result", "execute_input"}
-_METADATA_KEYS = _OUTPUT_KEYS | {
-    "msg_id", "engine_id", "submitted", "started", "completed", "received", "status", "error",
-}
+
+
+def _flatten(values) -> list:
+    """Chunks' lists joined, with a failed chunk's error in its place."""
+    flat = []
+    for value in values:
+        if isinstance(value, BaseException):
+            flat.append(value)
+        else:
+            flat.extend(value)
+    return flat
+
+
+class AsyncHubResult(AsyncResult):
+    """An AsyncResult for requests looked up by msg_id (ipyparallel's name, for ``isinstance`` and imports).
+
+    In ipyparallel it wraps results fetched from the Hub's database,
+    including other clients' tasks.  There is no Hub here: a client knows
+    only its own requests, and this is an ordinary AsyncResult over them.
+    """
 
 
 class AsyncMapResult(AsyncResult):
@@ -296,7 +627,7 @@ class AsyncMapResult(AsyncResult):
     def __init__(self, client, records, fname="map", chunk_sizes=None, ordered=True,
                  return_exceptions=False):
         self._chunk_sizes = chunk_sizes or [1] * len(records)
-        self._ordered = ordered
+        self.ordered = ordered
         self._arrivals = []
         self._arrived = threading.Condition()
         super().__init__(client, records, fname, single=False, return_exceptions=return_exceptions)
@@ -307,26 +638,24 @@ class AsyncMapResult(AsyncResult):
             self._arrived.notify_all()
         super()._record_done(record)
 
-    def _collect(self):
-        parts = self._values()
+    def _assemble(self, values):
         flat = []
-        for part, size in zip(parts, self._chunk_sizes):
+        for part, size in zip(values, self._chunk_sizes):
             flat.extend(_chunk_items(part, size))
         return flat
 
-    def __len__(self) -> int:
-        return sum(self._chunk_sizes)
-
     def __iter__(self):
         """Yield element results as their chunks finish; errors raise when reached."""
-        order = self._records if self._ordered else None
+        order = self._records if self.ordered else None
         seen = 0
         index = {id(r): i for i, r in enumerate(self._records)}
         while seen < len(self._records):
+            if not self.done():
+                self._check_may_block()
             if order is not None:
                 record = order[seen]
                 with self._arrived:
-                    self._arrived.wait_for(lambda: record.state == "done")
+                    self._arrived.wait_for(lambda: record.state == DONE)
             else:
                 with self._arrived:
                     while len(self._arrivals) <= seen:
@@ -339,7 +668,7 @@ class AsyncMapResult(AsyncResult):
 
 
 def _chunk_items(part, size):
-    """A chunk's result as a list of its element results."""
+    """A chunk's result as a list of its element results (a failed chunk: its error, per element)."""
     if isinstance(part, BaseException):
         return [part] * size
     return list(part)

@@ -228,7 +228,7 @@ def progress_bar(total: int, desc: str, widget=None):
 
 
 def wait_with_progress(ar, progress_after=-1.0, desc="", timeout=None, widget=None,
-                       step=None, interval=TICK) -> bool:
+                       step=None, interval=TICK, until=None) -> bool:
     """Wait for ``ar``; once ``progress_after`` seconds have passed, show a progress bar.
 
     Parameters
@@ -240,6 +240,8 @@ def wait_with_progress(ar, progress_after=-1.0, desc="", timeout=None, widget=No
     step : callable, optional
         ``step(seconds)`` waits for at most that long; default ``ar.wait``.
         :class:`LiveOutput` passes its own, which shows outputs meanwhile.
+    until : callable, optional
+        Stop waiting early once ``until()`` is true.
 
     Returns
     -------
@@ -251,12 +253,12 @@ def wait_with_progress(ar, progress_after=-1.0, desc="", timeout=None, widget=No
     deadline = None if timeout is None or timeout < 0 else start + timeout
     bar = None
     try:
-        while not ar.done():
+        while not ar.done() and not (until is not None and until()):
             now = time.monotonic()
             if deadline is not None and now >= deadline:
                 break
             if bar is None and 0 <= progress_after <= now - start:
-                bar = progress_bar(len(ar._records), desc or ar._fname, widget)
+                bar = progress_bar(len(ar), desc or ar._fname, widget)
             if bar is not None:
                 bar.update(ar.progress - bar.n)
             wake = [interval]
@@ -272,9 +274,9 @@ def wait_with_progress(ar, progress_after=-1.0, desc="", timeout=None, widget=No
     return ar.done()
 
 
-def progress_wait(ar, interval: float = TICK, timeout=None, widget=None) -> None:
-    """Wait for ``ar`` while showing done/total and elapsed time (``wait_interactive``)."""
-    wait_with_progress(ar, 0, ar._fname, timeout, widget, interval=interval)
+def progress_wait(ar, interval: float = TICK, timeout=None, widget=None, until=None) -> None:
+    """Wait for ``ar`` (or ``until()``) while showing done/total and elapsed time (``wait_interactive``)."""
+    wait_with_progress(ar, 0, ar._fname, timeout, widget, interval=interval, until=until)
 
 
 def busy_engines(ar) -> list:
@@ -315,7 +317,7 @@ class LiveOutput:
         # output is lost or shown twice; not waited for: finish() waits.
         self._attached = threading.Event()
         client.call_in_loop(self._attach, wait=False)
-        ar.add_done_callback(lambda _f: self._queue.put(None))  # wakes the waiter
+        ar._add_done_listener(lambda _f: self._queue.put(None))  # wakes the waiter (I/O thread: quick)
 
     # -- I/O thread ----------------------------------------------------------------
 

@@ -299,7 +299,7 @@ def _feed(state, view, f, inputs, flags) -> None:
                 if state.ordered:
                     state.results.append(ar)
                 state.cond.notify_all()
-            ar.add_done_callback(state.one_done)
+            ar._add_done_listener(state.one_done)  # ours and quick: stays on the I/O thread
     except Exception as exc:  # the input iterable (or pickling an input) failed: the reader sees it
         with state.cond:
             state.error = exc

@@ -9,6 +9,7 @@ written for ``ipyparallel.error`` expects.  Timeouts use the builtin
 from __future__ import annotations
 
 import builtins
+import concurrent.futures
 import sys
 import traceback as _traceback
 
@@ -33,6 +34,8 @@ __all__ = [
     "ConnectionFileError",
     "ClientClosed",
     "EngineStartError",
+    "DeadlockError",
+    "InvalidStateError",
     "collect_exceptions",
     "composite_error",
     "wrap_exception",
@@ -113,6 +116,14 @@ class ClientClosed(IPythonError, RuntimeError):
 
 class EngineStartError(IPythonError, RuntimeError):
     """One or more engine kernels could not be started."""
+
+
+class DeadlockError(IPythonError, RuntimeError):
+    """A wait that could only deadlock: for a result, on the I/O thread that delivers results."""
+
+
+class InvalidStateError(IPythonError, concurrent.futures.InvalidStateError, RuntimeError):
+    """An AsyncResult cannot do that now (not done yet, done already, or completed only by its client)."""
 
 
 class RemoteError(KernelError):
