@@ -13,7 +13,7 @@ import pytest
 import ipyparallel_ext as ipp
 from ipyparallel_ext.error import TaskAborted
 
-from conftest import wait_for_file
+from conftest import fail_at, wait_for_file
 
 
 # -- waiting ---------------------------------------------------------------------------------
@@ -296,3 +296,135 @@ def test_partial_failure_keeps_other_results(dv):
         mixed.get(timeout=30)
     assert len(info.value.elist) == 1
     assert mixed.ready() and not mixed.successful()
+
+
+# -- ipyparallel 9's AsyncResult behaviours ----------------------------------------------------
+
+
+def test_metadata_by_attribute_and_key_before_and_after(rc, tmp_path):
+    go = tmp_path / "go"
+    ar = rc[0].apply_async(wait_for_file, str(go), "x")
+    try:
+        ar.wait_for_send(timeout=10)
+        assert ar["stdout"] == ar.stdout == ""  # metadata never waits for the result
+        assert ar["engine_id"] == ar.engine_id == 0
+        assert ar.status is None
+        for early in (lambda: ar.wall_time, lambda: ar.serial_time, lambda: ar[0], ar.display_outputs):
+            with pytest.raises(TimeoutError):
+                early()
+        with pytest.raises(AttributeError):
+            ar.no_such_field
+        with pytest.raises(KeyError):
+            ar["no_such_field"]
+    finally:
+        go.touch()
+    ar.get(timeout=30)
+    assert ar.status == ar["status"] == "ok"
+    assert "stdout" in dir(ar) and "engine_id" in dir(ar)
+    both = rc[:].apply_async(print, "hi")
+    both.get(timeout=30)
+    assert both["stdout"] == both.stdout == ["hi\n", "hi\n"]
+    assert both["engine_id"] == [0, 1]
+
+
+def test_get_return_exceptions(rc, dv):
+    mixed = dv.map_async(fail_at, range(4), [2] * 4)
+    values = mixed.get(timeout=30, return_exceptions=True)
+    assert values[:2] == [0, 1] and len(values) == 4
+    assert all(isinstance(v, ipp.RemoteError) for v in values[2:])  # the failed chunk's elements
+    with pytest.raises(ipp.CompositeError):
+        mixed.get(timeout=0)
+    one = rc[0].apply_async(fail_at, 2, 2)
+    assert isinstance(one.get(timeout=30, return_exceptions=True), ipp.RemoteError)
+    both = dv.apply_async(fail_at, 2, 2)
+    assert [type(v) for v in both.get(timeout=30, return_exceptions=True)] == [ipp.RemoteError] * 2
+    assert repr(both) == "<AsyncResult(fail_at): failed>"
+    assert not both.successful()
+
+
+def test_split_join_and_return_when(rc, dv, tmp_path):
+    both = dv.apply_async(lambda: "y")
+    parts = both.split()
+    assert len(parts) == 2 and parts is both.split()  # made once
+    assert [p.get(timeout=30) for p in parts] == ["y", "y"]
+    assert [p.engine_id for p in parts] == [0, 1]
+    assert rc[0].apply_async(lambda: 1).split()[0].get(timeout=30) == 1
+    assert ipp.AsyncResult.join(*parts).get(timeout=30) == ["y", "y"]
+    mapped = dv.map_async(lambda x: x, range(6))
+    assert [p.get(timeout=30) for p in mapped.split()] == [[[0, 1, 2]], [[3, 4, 5]]]  # as ipyparallel
+    assert len(mapped) == 6 and mapped.progress == 6
+    go = tmp_path / "go"
+    pending = dv.map_async(wait_for_file, [str(go), "/nonexistent"], ["a", "b"], [30, 0.1])
+    try:
+        done, not_done = pending.wait(30, return_when=concurrent.futures.FIRST_COMPLETED)
+        assert len(done) == 1 and len(not_done) == 1
+        assert pending.wait(0) is False
+    finally:
+        go.touch()
+    assert pending.get(timeout=30) == ["a", "b"]
+    failing = dv.map_async(wait_for_file, [str(tmp_path / "never"), "/nonexistent"], [1, 2], [30, "bad"])
+    with pytest.raises(ipp.RemoteError):  # at once: the second chunk failed, the first still runs
+        failing.get(timeout=20, return_when=concurrent.futures.FIRST_EXCEPTION)
+    assert not failing.done()
+    (tmp_path / "never").touch()
+    failing.wait(30)
+
+
+def test_timing_and_sugar(rc, dv):
+    ar = dv.apply_async(time.sleep, 0.1)
+    ar.get(timeout=30)
+    assert ar.timedelta(ar.submitted, ar.received) == pytest.approx(ar.wall_time, abs=1e-3)
+    assert ar.timedelta(ar.started, ar.completed, max, min) <= ar.wall_time
+    assert ar.r == [None, None] and ar.result_dict == {0: None, 1: None}
+    assert ar.sent and ar.wait_for_send(0)
+    with pytest.raises(RuntimeError, match="already done"):
+        ar.abort()
+    with pytest.raises(TypeError, match="not iterable"):
+        list(rc[0].apply_async(lambda: 1))
+
+
+def test_iterating_raises_composite_error_when_a_failure_is_reached(dv):
+    for ar in (dv.apply_async(fail_at, 0, 0), dv.map_async(fail_at, range(4), [0] * 4)):
+        with pytest.raises(ipp.CompositeError):
+            list(ar)
+
+
+def test_async_hub_result_is_an_async_result():
+    from ipyparallel_ext._asyncresult import AsyncHubResult
+
+    assert issubclass(AsyncHubResult, ipp.AsyncResult)
+
+
+def test_stream_output_shows_outputs_while_waiting(rc, capsys):
+    def talk():
+        import time
+
+        print("first", flush=True)
+        time.sleep(0.3)
+        print("second")
+        return "said"
+
+    ar = rc[0].apply_async(talk)
+    with ar.stream_output():
+        assert ar.get(timeout=30) == "said"
+    out = capsys.readouterr().out
+    assert "[stdout:0]" in out and "first" in out and "second" in out
+
+
+def test_public_surface_matches_ipyparallel():
+    """Same public names and signatures as ipyparallel 9.2's AsyncResult classes."""
+    ipyparallel = pytest.importorskip("ipyparallel")
+    import inspect
+
+    from ipyparallel_ext import _asyncresult
+
+    for name in ("AsyncResult", "AsyncMapResult", "AsyncHubResult"):
+        theirs, ours = getattr(ipyparallel, name), getattr(_asyncresult, name)
+        public = {n for n in dir(theirs) if not n.startswith("_")}
+        assert public <= set(dir(ours)), sorted(public - set(dir(ours)))
+        for attr in sorted(public):
+            a, b = getattr(theirs, attr), getattr(ours, attr)
+            if inspect.isfunction(a) or inspect.ismethod(a):
+                sa = str(inspect.signature(a)).split(" ->")[0]
+                sb = str(inspect.signature(b)).split(" ->")[0]
+                assert sa == sb, f"{name}.{attr}: {sa} != {sb}"
