@@ -195,8 +195,13 @@ class AsyncResult(RequestInfo, _Future):
         live = self._live
         if live is not None and live[1] is threading.current_thread():
             return live[0].wait(-1, timeout=timeout)  # shows outputs while it waits
-        concurrent.futures.wait([self], timeout=timeout)
-        return self.done()
+        try:
+            _Future.exception(self, timeout)  # waits on the Future's own condition: cheap
+        except concurrent.futures.CancelledError:
+            pass
+        except concurrent.futures.TimeoutError:
+            return False
+        return True
 
     def result(self, timeout=None):
         """The value(s), unpickled on first use; raises the remote error if any."""

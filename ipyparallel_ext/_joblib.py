@@ -59,12 +59,19 @@ def _backend_class():
             return max(1, len(self.view))
 
         def submit(self, func, callback=None):
+            """Send one batch; ``callback(ar)`` runs when it is done.
+
+            joblib's callback unpickles the result (:meth:`retrieve_result_callback`),
+            takes joblib's lock and dispatches the next batch: user-side work that
+            runs on the callback thread (``add_done_callback``), never on the I/O thread.
+            """
             ar = self.view.apply_async(func)
             if callback is not None:
                 ar.add_done_callback(callback)
             return ar
 
         def retrieve_result_callback(self, out):
+            """The batch's results (called by joblib in the callback, on the callback thread)."""
             return out.get()
 
         def abort_everything(self, ensure_ready=True):
