@@ -253,7 +253,8 @@ def test_joblib_callbacks_run_off_the_io_thread(rc):
     def callback(out):
         seen.append((threading.current_thread().name, backend.retrieve_result_callback(out)))
 
-    backend.submit(lambda: 42, callback=callback)
+    # (It must not finish before the callback is added: then it would run here, as a Future does.)
+    backend.submit(lambda: __import__("time").sleep(0.5) or 42, callback=callback)
     assert wait_until(lambda: seen, timeout=30)
     assert seen == [("ipyparallel_ext-callbacks", 42)]
     lview.register_joblib_backend("ipyparallel-completion-test")
