@@ -53,6 +53,8 @@ KEPT = {
     "extra: error.ReplyLost": "an EngineError: the engine went on past a request without replying to it",
     "extra: error.SerializationError": "an argument or result cannot be pickled: names which one",
     "extra: error.composite_error": "builds the CompositeError of several engines' errors, also for EngineErrors",
+    "extra: error.DeadlockError": "waiting for a result on the I/O thread (that delivers it) raises, not hangs",
+    "extra: error.InvalidStateError": "an AsyncResult's state forbids the call (ipyparallel: bare RuntimeError)",
     # -- util ------------------------------------------------------------------------------
     **{f"missing: util.{name}": NO_HUB for name in [
         "bind", "connect", "connect_engine_logger", "connect_logger", "disambiguate_ip_address",
@@ -96,6 +98,9 @@ KEPT = {
     "extra: Cluster.env": "environment variables for the engine kernels",
     "extra: Cluster.ip": "the address engine kernels listen on",
     "extra: Cluster.owns": PLUMBING,
+    # -- AsyncResult -----------------------------------------------------------------------
+    **{f"differs: {cls}.split": "a method, called the same; ipyparallel's lru_cache wrapper kept every"
+       " AsyncResult alive" for cls in ["AsyncResult", "AsyncMapResult"]},
     # -- views -----------------------------------------------------------------------------
     "extra: LoadBalancedView.time_limit": "a task past its time limit is interrupted and fails with TaskTimeout",
 }
@@ -124,24 +129,6 @@ PENDING = {
     "missing: Cluster.signal_engine_sync": "lifecycle",
     "missing: Cluster.start_engines_sync": "lifecycle",
     "missing: Cluster.stop_engine_sync": "lifecycle",
-    # completion (AsyncResult methods)
-    "differs: AsyncResult.get": "completion",
-    "differs: AsyncResult.wait": "completion",
-    "missing: AsyncResult.join": "completion",
-    "missing: AsyncResult.r": "completion",
-    "missing: AsyncResult.result_dict": "completion",
-    "missing: AsyncResult.split": "completion",
-    "missing: AsyncResult.stream_output": "completion",
-    "missing: AsyncResult.timedelta": "completion",
-    "differs: AsyncMapResult.get": "completion",
-    "differs: AsyncMapResult.wait": "completion",
-    "missing: AsyncMapResult.join": "completion",
-    "missing: AsyncMapResult.ordered": "completion",
-    "missing: AsyncMapResult.r": "completion",
-    "missing: AsyncMapResult.result_dict": "completion",
-    "missing: AsyncMapResult.split": "completion",
-    "missing: AsyncMapResult.stream_output": "completion",
-    "missing: AsyncMapResult.timedelta": "completion",
     # enginecode (ipyparallel_ext.datapub)
     "missing: module datapub": "enginecode",
 }
