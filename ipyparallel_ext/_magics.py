@@ -295,8 +295,10 @@ class ParallelMagics(Magics):
         finally:
             if live is not None:
                 live.close()
-            else:
+            elif ar.done():
                 ar.display_outputs(groupby)
+            else:  # interrupted, engines still busy (display_outputs needs a result): what came so far
+                _display.display_outputs(ar, groupby)
         return None
 
     def _interrupt_engines(self, ar, live, signum) -> None:
