@@ -7,6 +7,8 @@ Each test here reproduces a way the client used to hang or lose a result
 import asyncio
 import concurrent.futures
 import logging
+import os
+import signal
 import sys
 import threading
 
@@ -149,6 +151,23 @@ def test_a_failing_listener_does_not_stop_the_others_or_the_engine(rc, tmp_path,
         assert wait_until(lambda: heard == [record], timeout=10)
         assert engine_works(rc, 0)  # the engine's queue moved on
     assert "a listener bug" in caplog.text
+
+
+def test_a_failing_listener_does_not_keep_a_dead_engine_in_ids(make_cluster, tmp_path):
+    """Engine death finishes its records, then drops the engine: a listener error used to stop that."""
+    _cluster, client = make_cluster(1)
+    pid = client[0].apply_sync(os.getpid)
+    ar = client[0].apply_async(wait_for_file, str(tmp_path / "never"), 1, 60)
+    ar.wait_for_send(timeout=10)
+
+    def broken(_record):
+        raise RuntimeError("a listener bug")
+
+    ar._records[0].add_done_listener(broken)
+    os.kill(pid, signal.SIGKILL)
+    with pytest.raises(ipp.EngineError):
+        ar.get(timeout=15)
+    assert wait_until(lambda: client.ids == [], timeout=10)
 
 
 def test_waiting_on_the_io_thread_raises_instead_of_hanging(rc, tmp_path):
