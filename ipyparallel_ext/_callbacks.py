@@ -68,9 +68,3 @@ def _current() -> _Worker:
 def call_soon(fn, *args) -> None:
     """Run ``fn(*args)`` on the callback thread (started on first use), after those queued before."""
     _current().calls.put((fn, args))
-
-
-def on_callback_thread() -> bool:
-    """True when called from the callback thread itself."""
-    worker = _worker
-    return worker is not None and threading.current_thread() is worker.thread

@@ -34,12 +34,14 @@ class RequestInfo:
     """Mixin of AsyncResult: what its records say (see the module docstring).
 
     Expects ``_records``, ``_single_result``, ``_fname``, ``_client``,
-    ``_chunk_sizes``, ``done()``, ``_wait_done(timeout)`` and
-    ``_check_may_block(what)`` from the class it is mixed into.
+    ``_chunk_sizes``, ``_live``, ``done()``, ``_wait_done(timeout)``,
+    ``_on_io_thread()`` and ``_check_may_block(what)`` from the class it is
+    mixed into.
     """
 
     @property
     def msg_ids(self) -> list:
+        """The ids of the requests, one per record, in order."""
         return [r.msg_id for r in self._records]
 
     def _per_record(self, values):
@@ -71,6 +73,7 @@ class RequestInfo:
 
     @property
     def metadata(self):
+        """ipyparallel-style metadata: a dict (single result) or one dict per request."""
         self._outputs_done()
         return self._per_record([r.metadata for r in self._records])
 
