@@ -17,7 +17,7 @@ import pytest
 import ipyparallel_ext as ipp
 from ipyparallel_ext.error import DeadlockError, InvalidStateError, TaskAborted
 
-from conftest import wait_for_file, wait_until
+from conftest import snooze, wait_for_file, wait_until
 
 IO_THREAD = "ipyparallel_ext-io"
 
@@ -95,6 +95,23 @@ def test_cancel_queued_load_balanced_task(rc, tmp_path):
     assert sorted(b.get(timeout=30) for b in blockers) == [0, 1]
     assert lview.apply_async(lambda: "next").get(timeout=30) == "next"
     assert queued._records[0].status == "aborted"  # it never ran
+    assert engine_works(rc, 0) and engine_works(rc, 1)
+
+
+def test_cancelling_a_task_in_a_running_batch_spares_its_siblings(rc):
+    """Several tasks travel in one request; cancelling one used to stop the others' results."""
+    lview = rc.load_balanced_view()
+    for _ in range(2):
+        lview.apply_sync(snooze, 0.05)  # the scheduler learns the run time: then tasks go in batches
+    ars = [lview.apply_async(snooze, 0.05) for _ in range(40)]
+    assert wait_until(lambda: any(a._records[0].state == "sent" and not a.done() for a in ars[4:]), timeout=30)
+    running = next(a for a in ars[4:] if a._records[0].state == "sent" and not a.done())
+    cancelled = running.cancel()
+    others = [a for a in ars if a is not running]
+    _, not_done = concurrent.futures.wait(others, timeout=30)
+    assert not not_done, f"{len(not_done)} tasks never finished"  # before the fix: its batch stalled
+    assert cancelled is False  # it was running: the Future contract
+    assert [a.get(timeout=30) for a in ars] == [0.05] * 40
     assert engine_works(rc, 0) and engine_works(rc, 1)
 
 
