@@ -51,6 +51,7 @@ log = logging.getLogger("ipyparallel_ext")
 
 HEARTBEAT_PERIOD = 1.0
 HEARTBEAT_TIMEOUT = 4.0  # seconds without an echo before an engine counts as dead
+MISSED_PINGS = 3  # ... and at least this many pings, a period apart, went unanswered
 START_TIMEOUT = 60.0  # a starting kernel answers nothing until it has imported itself
 PROBE_PERIOD = 0.25  # how often a local engine's process is polled
 OUTPUT_GRACE = 2.0  # how long after its reply a request's outputs may still arrive
@@ -117,6 +118,7 @@ class EngineConnection:
         self._iopub_seen = False
         self._installed = False
         self._last_beat = loop.awake()  # on the loop's clock, which leaves out its stalls
+        self._pings_unanswered = 0
         self.kernel_info = None
         self._install_record = None
         self._session = None  # the kernel's session id; a restart changes it
@@ -222,10 +224,15 @@ class EngineConnection:
             return
         now = self.loop.awake()
         silent_for = now - self._last_beat
-        if silent_for > (HEARTBEAT_TIMEOUT if self.ready else START_TIMEOUT):
+        # Silence counts only across pings we really sent, a period apart: a
+        # stall the loop could not measure (the whole process stopped while it
+        # ran timers) then delays the verdict instead of blaming the engine.
+        if (silent_for > (HEARTBEAT_TIMEOUT if self.ready else START_TIMEOUT)
+                and self._pings_unanswered >= MISSED_PINGS):
             self.die(f"stopped answering heartbeats for {silent_for:.1f} s (process gone or unreachable)")
             return
         self.hb.send(b"ping")
+        self._pings_unanswered += 1
         if self.ready and now - self._session_checked >= (SESSION_CHECK_PERIOD if self.load else SESSION_CHECK_IDLE):
             self._session_checked = now
             self.control.send_multipart(self.codec.pack("kernel_info_request", {}))
@@ -239,6 +246,7 @@ class EngineConnection:
 
     def _on_heartbeat(self, frames) -> None:
         self._last_beat = self.loop.awake()
+        self._pings_unanswered = 0
 
     def _same_kernel(self, msg) -> bool:
         """Notice a restart from the session id ``msg`` carries; False for a stale message.
