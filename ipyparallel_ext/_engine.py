@@ -455,7 +455,10 @@ class EngineConnection:
             if msg["content"].get("execution_state") == "idle":
                 self._outputs_complete(record)
         elif msg_type in _OUTPUT_TYPES:
-            record.add_output(msg_type, msg["content"])
+            if msg_type == "data_message":
+                record.add_data(msg["content"], msg["buffers"])
+            else:
+                record.add_output(msg_type, msg["content"])
             if record.outputs_expected is not None and record.outputs_seen >= record.outputs_expected:
                 self._outputs_complete(record)
 

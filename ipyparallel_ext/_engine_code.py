@@ -12,15 +12,21 @@ How a request is served
 -----------------------
 Every View operation is a silent ``execute_request`` whose code is
 ``__import__('_ipp_ext_engine').handle()`` and whose ``metadata["ipp_ext"]``
-says what to do.  :func:`handle` reads the request's binary buffers through
-``kernel.get_parent()``, does the work and parks the reply payload in
-``_pending``.  When the kernel then sends its ``execute_reply``, the wrapped
-``session.send`` (installed by :func:`install`) attaches that payload: the
-result travels on the shell channel, in the reply of the request that made
-it, as pickle-protocol-5 frames with out-of-band buffers.
+says what to do, including which pickler the client uses (so clients that
+share an engine never affect each other).  :func:`handle` reads the
+request's binary buffers from the kernel, does the work and parks the reply
+payload in ``_pending``.  When the kernel then sends its ``execute_reply``,
+the wrapped ``session.send`` attaches that payload: the result travels on
+the shell channel, in the reply of the request that made it, as
+pickle-protocol-5 frames with out-of-band buffers.
+
+Everything private to ipykernel that this needs (the request being served,
+``session.send``, ``do_execute``, the output streams' flush) is reached
+through one :class:`KernelAdapter`, checked when the helpers are installed.
 """
 
 import builtins
+import inspect
 import io
 import marshal
 import pickle
@@ -45,9 +51,9 @@ _pending = {}
 # rides on the execute_reply so the client knows when it has every output
 # without waiting for the kernel's trailing 'idle' status.
 _output_counts = {}
+# (data_message: ipyparallel_ext.datapub.publish_data)
 OUTPUT_TYPES = frozenset({"stream", "display_data", "update_display_data", "execute_result",
-                          "error", "clear_output"})
-_state = {"pickler": "pickle"}
+                          "error", "clear_output", "data_message"})
 
 
 # ---------------------------------------------------------------------------
@@ -288,18 +294,252 @@ def _require(*modules, **mapping):
 
 
 # ---------------------------------------------------------------------------
+# Engine side: the kernel's private parts, in one place
+# ---------------------------------------------------------------------------
+
+
+class IncompatibleKernel(Exception):
+    """The running kernel lacks something the engine helpers need (the message names it)."""
+
+
+def _chain(obj, name, make):
+    """Replace ``obj.<name>`` by ``make(current, live)``, a wrapper that calls the current value.
+
+    Whatever is there now (the kernel's own method, or someone else's
+    wrapper) is what the new wrapper calls.  ``live`` is a list that is
+    emptied when the wrapper is retired: it must then only pass calls on.
+    Our own wrapper from an earlier install is never wrapped again: it is
+    taken off while it is still on top, or retired when something else has
+    wrapped it since.
+    """
+    mark = "_ipp_ext_" + name
+    current = getattr(obj, name)
+    previous = getattr(obj, mark, None)
+    if previous is not None:
+        if current is previous:
+            current = previous.__wrapped__
+        else:
+            previous.__ipp_ext_live__.clear()
+    live = [True]
+    wrapper = make(current, live)
+    wrapper.__wrapped__ = current
+    wrapper.__ipp_ext_live__ = live
+    setattr(obj, name, wrapper)
+    setattr(obj, mark, wrapper)
+
+
+def _arg(args, kwargs, index, name):
+    """A call's argument given by position ``index`` or keyword ``name``."""
+    return args[index] if index is not None and len(args) > index else kwargs.get(name)
+
+
+def _with_arg(args, kwargs, index, name, value):
+    """``(args, kwargs)`` with that argument set to ``value``, where the caller put it."""
+    if index is not None and len(args) > index:
+        return args[:index] + (value,) + args[index + 1 :], kwargs
+    kwargs[name] = value
+    return args, kwargs
+
+
+# The stream state that tells whether a flush has anything to send (ipykernel's OutStream).
+_STREAM_STATE = ("_flush", "_flush_pending", "_subprocess_flush_pending", "_buffers")
+
+
+class KernelAdapter:
+    """Everything private to ipykernel that the helpers touch, checked when they are installed.
+
+    ipykernel offers running code no public way to read the request it
+    serves or to add to its reply, so the helpers rely on these pieces:
+
+    ===============================================  ============================================
+    ``kernel.get_parent('shell')`` with ``buffers``  the request being served, payload included
+    ``kernel.set_parent``, the shell parent ident    a batch's tasks, each under its own msg_id
+    ``kernel.session.send`` (``msg_or_type``,        wrapped: results ride on the execute_reply;
+    ``parent``)                                      outputs are counted
+    ``kernel.do_execute``                            wrapped: helper requests skip the cell
+                                                     machinery
+    ``kernel.iopub_socket``                          :func:`publish_data`'s messages
+    ``kernel._execute_sleep`` (if present)           0 on engines a Cluster started
+    ``sys.stdout``/``stderr``: ``_flush``,           the flush after each request is skipped
+    ``_flush_pending``, ``_subprocess_flush_pending``,  when nothing was written (engines a
+    ``_buffers``                                     Cluster started; without them, kept)
+    ===============================================  ============================================
+
+    Built inside the install request; a missing piece raises
+    :class:`IncompatibleKernel` naming it, so the install fails with that
+    message and the client reports it.
+    """
+
+    def __init__(self):
+        shell = _shell()
+        kernel = getattr(shell, "kernel", None)
+        if kernel is None:
+            raise IncompatibleKernel("this is not an ipykernel: get_ipython().kernel is missing" + _versions())
+        self.kernel = kernel
+        for name in ("get_parent", "set_parent", "session", "do_execute", "iopub_socket"):
+            if getattr(kernel, name, None) is None:
+                raise IncompatibleKernel(f"kernel.{name} is missing" + _versions())
+        if "buffers" not in kernel.get_parent("shell"):
+            raise IncompatibleKernel(
+                "kernel.get_parent('shell') has no 'buffers': this kernel does not hand a request's"
+                " binary buffers to the code it runs" + _versions()
+            )
+        # ipykernel 7 keeps the shell request's ident in a ContextVar, 6 in a dict.
+        if hasattr(getattr(kernel, "_shell_parent_ident", None), "get"):
+            self.parent_ident = kernel._shell_parent_ident.get
+        elif isinstance(getattr(kernel, "_parent_ident", None), dict):
+            self.parent_ident = lambda: kernel._parent_ident["shell"]
+        else:
+            raise IncompatibleKernel("kernel._shell_parent_ident (or _parent_ident) is missing" + _versions())
+        self._send_params = _send_parameters(type(kernel.session))
+
+    # -- the request being served --------------------------------------------------
+
+    def parent(self):
+        """The shell request being served (the whole message, ``buffers`` included)."""
+        return self.kernel.get_parent("shell")
+
+    def set_parent(self, ident, parent):
+        """Make ``parent`` the request that outputs are attributed to."""
+        self.kernel.set_parent(ident, parent, channel="shell")
+
+    def publish(self, msg_type, content, parent, buffers, topic):
+        """Send one message on IOPub, on behalf of ``parent``."""
+        self.kernel.session.send(self.kernel.iopub_socket, msg_type, content, parent=parent,
+                                 ident=topic, buffers=buffers)
+
+    # -- hooks -----------------------------------------------------------------------
+
+    def hook_execute(self, serve):
+        """Wrap ``do_execute``: ``serve(code)`` returns the reply content, or None to run the cell."""
+
+        def make(inner, live):
+            async def do_execute(*args, **kwargs):
+                if live:
+                    reply = serve(args[0] if args else kwargs.get("code"))
+                    if reply is not None:
+                        return reply
+                reply = inner(*args, **kwargs)
+                return (await reply) if inspect.isawaitable(reply) else reply
+
+            return do_execute
+
+        _chain(self.kernel, "do_execute", make)
+
+    def hook_send(self, edit):
+        """Wrap ``session.send``: ``edit(msg_or_type, parent)`` sees every message first.
+
+        It returns None (send as is) or ``(metadata, buffers)``: metadata to
+        add and, unless None, the buffers to send instead.  The wrapper takes
+        and passes on any arguments, so new ones in jupyter_client go through.
+        """
+        i_type, i_parent, i_meta, i_buffers = (
+            self._send_params.get(n) for n in ("msg_or_type", "parent", "metadata", "buffers"))
+
+        def make(inner, live):
+            def send(*args, **kwargs):
+                if live:
+                    change = edit(_arg(args, kwargs, i_type, "msg_or_type"), _arg(args, kwargs, i_parent, "parent"))
+                    if change is not None:
+                        metadata = dict(_arg(args, kwargs, i_meta, "metadata") or {}, **change[0])
+                        args, kwargs = _with_arg(args, kwargs, i_meta, "metadata", metadata)
+                        if change[1] is not None:
+                            args, kwargs = _with_arg(args, kwargs, i_buffers, "buffers", change[1])
+                return inner(*args, **kwargs)
+
+            return send
+
+        _chain(self.kernel.session, "send", make)
+
+    def skip_empty_flushes(self):
+        """Make ``sys.stdout.flush()`` free when there is nothing to send, keeping its ordering.
+
+        ipykernel flushes both streams after every request, each flush a round
+        trip to its IOPub thread even with nothing to send.  The stock flush
+        guarantees that everything written before it has gone through
+        ``session.send`` when it returns; skipping it keeps that guarantee
+        only if nothing is buffered, no flush is scheduled, *and* no flush is
+        half done on the IOPub thread (its ``_flush`` clears the pending flag
+        and empties the buffers before it sends).  The last is tracked by
+        wrapping ``_flush``.  Streams without these internals keep the stock
+        flush.
+        """
+        for stream in (sys.stdout, sys.stderr):
+            if not all(hasattr(stream, a) for a in _STREAM_STATE):
+                self.kernel.log.info("ipyparallel_ext: %r lacks ipykernel's OutStream internals;"
+                                     " its flushes are not skipped", stream)
+                continue
+            # Shared by every install's wrappers (a flush may be under way during a re-install).
+            flushing = stream.__dict__.setdefault("_ipp_ext_flushing", [0])
+
+            def make_flush(inner, live, stream=stream, flushing=flushing):
+                def flush():
+                    # The stream's state first, then ``flushing``: _flush raises
+                    # ``flushing`` before it clears that state.
+                    if (not live or stream._flush_pending or stream._subprocess_flush_pending
+                            or stream._buffers or flushing[0]):
+                        return inner()
+                    return None
+
+                return flush
+
+            def make_private_flush(inner, live, flushing=flushing):
+                def _flush():
+                    flushing[0] += 1
+                    try:
+                        return inner()
+                    finally:
+                        flushing[0] -= 1
+
+                return _flush
+
+            _chain(stream, "_flush", make_private_flush)
+            _chain(stream, "flush", make_flush)
+
+    def set_execute_sleep(self, seconds):
+        """Set the pause after each request (it lets output flush; our replies count outputs)."""
+        if hasattr(self.kernel, "_execute_sleep"):
+            self.kernel._execute_sleep = seconds
+
+
+def _versions():
+    try:
+        import ipykernel
+        import jupyter_client
+    except ImportError:
+        return ""
+    return (f" (ipykernel {ipykernel.__version__}, jupyter_client {jupyter_client.__version__};"
+            " the ipyparallel_ext engine helpers need ipykernel 6 or 7)")
+
+
+def _send_parameters(session_class):
+    """Positions of ``Session.send``'s parameters (self excluded), by name."""
+    try:
+        names = list(inspect.signature(session_class.send).parameters)[1:]
+    except (TypeError, ValueError):
+        names = []
+    positions = {name: i for i, name in enumerate(names)}
+    for name in ("msg_or_type", "parent"):
+        if name not in positions:
+            raise IncompatibleKernel(
+                f"{session_class.__module__}.{session_class.__qualname__}.send has no {name!r} parameter"
+                + _versions())
+    return positions
+
+
+# ---------------------------------------------------------------------------
 # Engine side: serving requests
 # ---------------------------------------------------------------------------
+
+# This kernel's KernelAdapter (set by install).
+_adapter = None
+_counts_lock = threading.Lock()
 
 
 def _shell():
     from IPython import get_ipython
 
     return get_ipython()
-
-
-def _kernel():
-    return _shell().kernel
 
 
 def _user_ns():
@@ -347,14 +587,23 @@ def _clear():
     _shell().reset(new_session=False)
 
 
-def _set_pickler(name):
+def _check_pickler(name):
+    """``use_dill()`` & co.: make sure this engine can use ``name`` (nothing is switched here)."""
     pickler_module(name)
-    _state["pickler"] = name
+
+
+def _request_pickler(spec):
+    """The pickler a request asks for (absent: stdlib pickle).
+
+    It travels with every request, so clients sharing an engine each get
+    their results pickled their own way.
+    """
+    return spec.get("pickler", "pickle")
 
 
 def _run_one(op, spec, frames):
     """Run one operation; return (metadata, frames) for its reply."""
-    pickler = _state["pickler"]
+    pickler = _request_pickler(spec)
     started = time.time()
     if op == "apply":
         ok, value = _call(_apply, frames, pickler)
@@ -365,7 +614,7 @@ def _run_one(op, spec, frames):
     elif op == "clear":
         ok, value = _call(_clear)
     elif op == "pickler":
-        ok, value = _call(_set_pickler, spec["name"])
+        ok, value = _call(_check_pickler, spec["name"])
     else:
         ok, value = False, {"status": "error", "ename": "ValueError",
                             "evalue": f"unknown operation {op!r}", "traceback": ""}
@@ -386,23 +635,25 @@ def _run_one(op, spec, frames):
     return md, out
 
 
-def _run_batch(spec, frames, kernel, ident, parent):
+def _run_batch(spec, frames, parent):
     """Run several tasks carried by one request.
 
-    Each task gets its own parent header while it runs, so its stdout,
-    stderr and displays reach the client tagged with the task's own id.
+    Each task runs as if it were its own request (its msg_id, its spec), so
+    its stdout, stderr, displays and published data reach the client tagged
+    with the task's own id.
     """
     results = []
     out = []
     pos = 0
     header = parent["header"]
+    ident = _adapter.parent_ident()
     try:
         for task in spec["tasks"]:
             nframes = task["nframes"]
             task_frames = frames[pos : pos + nframes]
             pos += nframes
-            task_parent = dict(parent, header=dict(header, msg_id=task["id"]))
-            kernel.set_parent(ident, task_parent, channel="shell")
+            _adapter.set_parent(ident, dict(parent, header=dict(header, msg_id=task["id"]),
+                                            metadata={"ipp_ext": task}))
             md, task_out = _run_one("apply", task, task_frames)
             md["nframes"] = len(task_out)
             results.append(md)
@@ -410,81 +661,47 @@ def _run_batch(spec, frames, kernel, ident, parent):
             if md.get("ename") == "KeyboardInterrupt":
                 break  # interrupted: the client re-queues the rest
     finally:
-        kernel.set_parent(ident, parent, channel="shell")
+        _adapter.set_parent(ident, parent)
     return {"status": "ok", "tasks": results}, out
 
 
 def handle():
     """Serve the current execute_request (called by its code)."""
-    kernel = _kernel()
-    parent = kernel.get_parent("shell")
+    parent = _adapter.parent()
     spec = parent["metadata"]["ipp_ext"]
     frames = parent.get("buffers") or []
-    op = spec["op"]
-    if op == "batch":
-        ident = kernel._shell_parent_ident.get()
-        md, out = _run_batch(spec, frames, kernel, ident, parent)
+    if spec["op"] == "batch":
+        md, out = _run_batch(spec, frames, parent)
     else:
-        md, out = _run_one(op, spec, frames)
+        md, out = _run_one(spec["op"], spec, frames)
     _pending[parent["header"]["msg_id"]] = (md, out)
 
 
-def _reply_content(shell, error=None):
-    content = {"status": "ok", "execution_count": shell.execution_count,
+def _reply_content(error=None):
+    content = {"status": "ok", "execution_count": _shell().execution_count,
                "user_expressions": {}, "payload": []}
     if error is not None:
         content.update(error, status="error", traceback=error["traceback"].splitlines())
     return content
 
 
-def _install_fast_path(kernel):
-    """Serve our own requests without IPython's cell machinery.
+def _serve(code):
+    """``do_execute``'s first look at every cell: serve our own requests directly.
 
     A helper request's code is always exactly :data:`HANDLE_CODE`.  Running
     it through ``run_cell`` (input transformers, parsing, compiling,
-    display hooks) costs more than the work itself, so ``do_execute``
-    calls :func:`handle` directly for that one string and passes every
-    other cell to the kernel untouched.
+    display hooks) costs more than the work itself.  Returns the reply
+    content, or None for any other cell (the kernel runs it).  Every
+    request's outputs are counted from here on.
     """
-    original = getattr(kernel, "_ipp_ext_original_do_execute", None) or kernel.do_execute
-    shell = kernel.shell
-
-    async def do_execute(code, silent, store_history=True, user_expressions=None,
-                         allow_stdin=False, **kwargs):
-        _output_counts[kernel.get_parent("shell")["header"]["msg_id"]] = 0
-        if code != HANDLE_CODE:
-            return await original(code, silent, store_history, user_expressions, allow_stdin, **kwargs)
-        try:
-            handle()
-        except BaseException as exc:  # noqa: BLE001 - reported to the client, kernel goes on
-            return _reply_content(shell, _format_error(type(exc), exc, exc.__traceback__))
-        return _reply_content(shell)
-
-    kernel._ipp_ext_original_do_execute = original
-    kernel.do_execute = do_execute
-
-
-def _skip_empty_flushes():
-    """Make ``sys.stdout.flush()`` free when nothing was written.
-
-    ipykernel flushes both streams after every request, each flush a round
-    trip to its IOPub thread even when there is nothing to send.  Only done
-    on engines the client started itself, and only where ipykernel's
-    stream has the internals this relies on.
-    """
-    for stream in (sys.stdout, sys.stderr):
-        if getattr(stream, "_ipp_ext_flush", None) or not all(
-            hasattr(stream, a) for a in ("_flush_pending", "_subprocess_flush_pending", "_buffers")
-        ):
-            continue
-        original = stream.flush
-
-        def flush(stream=stream, original=original):
-            if stream._flush_pending or stream._subprocess_flush_pending or stream._buffers:
-                original()
-
-        stream._ipp_ext_flush = original
-        stream.flush = flush
+    _output_counts[_adapter.parent()["header"]["msg_id"]] = 0
+    if code != HANDLE_CODE:
+        return None
+    try:
+        handle()
+    except BaseException as exc:  # noqa: BLE001 - reported to the client, kernel goes on
+        return _reply_content(_format_error(type(exc), exc, exc.__traceback__))
+    return _reply_content()
 
 
 def _output_parent(msg_or_type, parent):
@@ -500,47 +717,94 @@ def _output_parent(msg_or_type, parent):
     return header.get("msg_id")
 
 
+def _edit_message(msg_or_type, parent):
+    """Every message the kernel sends passes here (see :meth:`KernelAdapter.hook_send`).
+
+    An execute_reply gets the request's result payload and its output
+    count; an output of a request being served is counted.
+    """
+    if msg_or_type == "execute_reply":
+        if not parent:
+            return None
+        msg_id = parent["header"]["msg_id"]
+        with _counts_lock:
+            n_outputs = _output_counts.pop(msg_id, None)
+        metadata = {} if n_outputs is None else {"ipp_ext_outputs": n_outputs}
+        extra = _pending.pop(msg_id, None) if _pending else None
+        if extra is None:
+            return (metadata, None) if metadata else None
+        metadata["ipp_ext"] = extra[0]
+        return metadata, extra[1]
+    msg_id = _output_parent(msg_or_type, parent)
+    if msg_id is not None:
+        with _counts_lock:
+            if msg_id in _output_counts:  # only requests being executed are counted
+                _output_counts[msg_id] += 1
+    return None
+
+
+# ---------------------------------------------------------------------------
+# Engine side: publish_data
+# ---------------------------------------------------------------------------
+
+DATAPUB_MODULE = "ipyparallel_ext.datapub"
+
+
+def publish_data(data):
+    """Publish ``data`` (a dict) to the client of the task running now.
+
+    As ``ipyparallel.datapub.publish_data``: call it from a task, as often
+    as you like; on the client, ``ar.data`` holds everything this engine
+    published for that task, later values replacing earlier ones key by key.
+    The values are pickled (protocol 5, large buffers as their own frames)
+    with the pickler the request was sent with (stdlib pickle for code run
+    by ``execute`` or ``%px``).
+    """
+    if not isinstance(data, dict):
+        raise TypeError(f"publish_data takes a dict, not {type(data).__name__}")
+    if _adapter is None:
+        raise RuntimeError("publish_data works only in a task running on an engine"
+                           " (a kernel with the ipyparallel_ext helpers installed)")
+    parent = _adapter.parent()
+    pickler = _request_pickler((parent.get("metadata") or {}).get("ipp_ext") or {})
+    frames = dumps(data, pickler)
+    # Sent later by the IOPub thread: copy the buffers now, or the task's next
+    # change to an array would show up in what was published before it.
+    frames[1:] = [bytes(f) for f in frames[1:]]
+    _adapter.publish("data_message", {"keys": [str(k) for k in data], "pickler": pickler},
+                     parent, frames, b"datapub")
+
+
+def _register_datapub():
+    """Make ``from ipyparallel_ext.datapub import publish_data`` work on this engine.
+
+    Engines need nothing of ours installed, so the module is registered by
+    name; ``from``-imports of a registered submodule do not import its
+    package.  A real ``ipyparallel_ext.datapub`` (if installed here) does
+    the same thing: it calls this module's :func:`publish_data`.
+    """
+    module = types.ModuleType(DATAPUB_MODULE, publish_data.__doc__)
+    module.publish_data = publish_data
+    sys.modules[DATAPUB_MODULE] = module
+
+
 def install(options):
     """Hook the kernel so execute_replies carry our payloads (and serve them fast).
 
     Idempotent: installing again (a second client, or a newer version of
-    this module) re-wraps the kernel's originals, never a wrapper.
+    this module) replaces the earlier install's hooks instead of stacking
+    on them.
     """
-    kernel = _kernel()
-    _install_fast_path(kernel)
+    global _adapter
+    adapter = KernelAdapter()
+    _adapter = adapter
+    adapter.hook_execute(_serve)
+    adapter.hook_send(_edit_message)
     if options.get("skip_empty_flushes"):
-        _skip_empty_flushes()
-    session = kernel.session
-    original = getattr(session, "_ipp_ext_original_send", None) or session.send
-    pending = _pending
-    counts = _output_counts
-    lock = threading.Lock()
-
-    def send(stream, msg_or_type, content=None, parent=None, ident=None,
-             buffers=None, track=False, header=None, metadata=None):
-        if msg_or_type == "execute_reply" and parent:
-            msg_id = parent["header"]["msg_id"]
-            with lock:
-                n_outputs = counts.pop(msg_id, None)
-            metadata = dict(metadata or {})
-            if n_outputs is not None:
-                metadata["ipp_ext_outputs"] = n_outputs
-            extra = pending.pop(msg_id, None) if pending else None
-            if extra is not None:
-                metadata["ipp_ext"] = extra[0]
-                buffers = extra[1]
-        else:
-            msg_id = _output_parent(msg_or_type, parent)
-            if msg_id is not None:
-                with lock:
-                    if msg_id in counts:  # only requests being executed are counted
-                        counts[msg_id] += 1
-        return original(stream, msg_or_type, content, parent, ident, buffers, track, header, metadata)
-
-    session._ipp_ext_original_send = original
-    session.send = send
+        adapter.skip_empty_flushes()
     if "execute_sleep" in options:
         # The post-execute sleep exists to let output flush before the reply;
-        # our engines' replies carry their results, so it only adds latency.
-        kernel._execute_sleep = options["execute_sleep"]
+        # our engines' replies count their outputs, so it only adds latency.
+        adapter.set_execute_sleep(options["execute_sleep"])
+    _register_datapub()
     return VERSION

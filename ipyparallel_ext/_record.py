@@ -55,7 +55,7 @@ class MessageRecord:
         "submitted", "sent", "started", "completed", "received",
         "status", "error", "result_frames", "pickler",
         "stdout", "stderr", "outputs", "execute_result", "execute_input",
-        "outputs_ready", "outputs_seen", "outputs_expected", "_listeners", "_output_listeners", "_value",
+        "data", "outputs_ready", "outputs_seen", "outputs_expected", "_listeners", "_output_listeners", "_value",
         "task", "track", "tracker", "label", "__weakref__",
     )
 
@@ -64,6 +64,8 @@ class MessageRecord:
         self.op = op
         self.frames = list(frames)
         self.spec = spec if spec is not None else {"op": op}
+        if pickler != "pickle":  # the engine unpickles the payload and pickles the result with it
+            self.spec = dict(self.spec, pickler=pickler)
         self.code = code
         self.pickler = pickler
         self.engine_id = None
@@ -78,6 +80,7 @@ class MessageRecord:
         self.outputs = []
         self.execute_result = None
         self.execute_input = None
+        self.data = None  # what the engine published (publish_data): a _wire.PublishedData
         self.outputs_ready = threading.Event()
         self.outputs_seen = 0  # outputs received
         self.outputs_expected = None  # outputs the engine says it published (from the reply)
@@ -151,6 +154,13 @@ class MessageRecord:
         for fn in self._output_listeners:
             fn(self, kind, content)
 
+    def add_data(self, content: dict, buffers) -> None:
+        """Record one ``data_message`` (``publish_data`` on the engine) of this request."""
+        if self.data is None:
+            self.data = _wire.PublishedData()
+        self.data.add(content, buffers)
+        self.outputs_seen += 1
+
     # -- any thread -----------------------------------------------------------
 
     def value(self):
@@ -186,6 +196,7 @@ class MessageRecord:
             "outputs": self.outputs,
             "execute_result": self.execute_result,
             "execute_input": self.execute_input,
+            "data": {} if self.data is None else self.data.value(),
             "error": self.error if isinstance(self.error, RemoteError) else None,
             "label": self.label,
         }

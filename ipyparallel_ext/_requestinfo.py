@@ -20,7 +20,7 @@ from . import _display
 from ._record import DONE, PENDING
 
 # Fields that come with a request's outputs, which may arrive after its reply.
-_OUTPUT_KEYS = {"stdout", "stderr", "outputs", "execute_result", "execute_input"}
+_OUTPUT_KEYS = {"stdout", "stderr", "outputs", "execute_result", "execute_input", "data"}
 
 
 def deadline_timeout(timeout):

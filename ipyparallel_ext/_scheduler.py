@@ -345,7 +345,7 @@ class TaskScheduler:
             task.attempts += 1
             task.state = SENT
             task.sent = now
-            specs.append({"id": task.msg_id, "nframes": len(task.frames)})
+            specs.append(dict(task.spec, id=task.msg_id, nframes=len(task.frames)))  # spec: its pickler
             frames.extend(task.frames)
             if estimate is not None:
                 one = self._estimate(task)

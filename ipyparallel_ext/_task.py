@@ -68,6 +68,7 @@ class Task(MessageRecord):
         self.stdout = self.stderr = ""
         self.outputs = []
         self.execute_result = None
+        self.data = None
         self.outputs_seen = 0
         self.outputs_ready.clear()
 

@@ -416,19 +416,30 @@ class DirectView(View):
     # -- picklers ------------------------------------------------------------------------
 
     def _use_pickler(self, name: str):
+        """Pickle this client's payloads with ``name`` from now on, once the engines can.
+
+        The pickler travels with every request, so other clients sharing the
+        engines keep theirs.  As in ipyparallel, the engines are asked to
+        load it (which fails, clearly, where it is not installed); returns
+        what ``apply`` would (the AsyncResult, or its value when blocking).
+        """
         _engine_code.pickler_module(name)  # fails here, clearly, if it is not installed
         ids, single = self._targets()
         ar = self._send("pickler", ids, single, False, f"use_{name}", spec={"op": "pickler", "name": name})
         ar.get()
         self.client.pickler = name
-        return ar
+        return ar.get() if self._flags()["block"] else ar
 
     def use_dill(self):
-        """Pickle with dill, here and on the engines (dill must be installed on both)."""
+        """Pickle with dill, here and on the engines (dill must be installed on both).
+
+        Only this client's requests are pickled with dill; other clients of
+        the same engines are not affected.
+        """
         return self._use_pickler("dill")
 
     def use_cloudpickle(self):
-        """Pickle with cloudpickle, here and on the engines."""
+        """Pickle with cloudpickle, here and on the engines (this client only)."""
         return self._use_pickler("cloudpickle")
 
     def use_pickle(self):

@@ -12,7 +12,13 @@ A request is an ordinary ``execute_request``::
     buffers = [pickle bytes, out-of-band buffer, ...]
 
 and its ``execute_reply`` carries ``metadata["ipp_ext"]`` (status, timing,
-error) plus the result's frames as buffers.
+error) plus the result's frames as buffers.  The request's spec names the
+pickler the client uses (``"pickler": "dill"``; absent means stdlib pickle),
+and the engine unpickles the arguments and pickles the result with it.
+
+Data a task publishes (``ipyparallel_ext.datapub.publish_data``) comes on
+IOPub as ``data_message``s (content ``{"keys": [...], "pickler": ...}``, the
+pickled dict as buffers), routed like other outputs by the parent msg_id.
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ import inspect
 import itertools
 import json
 import sys
+import threading
 import types
 import uuid
 from datetime import datetime, timezone
@@ -305,3 +312,34 @@ def pickled_size(frames) -> int:
     """Bytes a list of frames occupies on the wire."""
     return sum(memoryview(f).nbytes for f in frames)
 
+
+
+class PublishedData:
+    """What an engine published (``publish_data``) for one request: ``ar.data``.
+
+    The I/O thread only appends the received frames; they are unpickled
+    when read, in the reader's thread, and merged as ipyparallel does (later
+    keys replace earlier ones).
+    """
+
+    __slots__ = ("_received", "_read", "_merged", "_lock")
+
+    def __init__(self):
+        self._received: list = []  # (pickler, frames), appended by the I/O thread
+        self._read = 0  # how many of them are merged
+        self._merged: dict = {}
+        self._lock = threading.Lock()  # between readers; the I/O thread never takes it
+
+    def add(self, content: dict, frames) -> None:
+        """One data_message arrived (I/O thread)."""
+        self._received.append((content.get("pickler", "pickle"), list(frames)))
+
+    def value(self) -> dict:
+        """Everything published so far, merged into one dict (a copy)."""
+        with self._lock:
+            while self._read < len(self._received):
+                pickler, frames = self._received[self._read]
+                self._received[self._read] = None  # let the frames go
+                self._read += 1
+                self._merged.update(deserialize(frames, pickler, "published data"))
+            return dict(self._merged)
