@@ -351,19 +351,20 @@ class KernelAdapter:
     ipykernel offers running code no public way to read the request it
     serves or to add to its reply, so the helpers rely on these pieces:
 
-    ===============================================  ============================================
-    ``kernel.get_parent('shell')`` with ``buffers``  the request being served, payload included
-    ``kernel.set_parent``, the shell parent ident    a batch's tasks, each under its own msg_id
-    ``kernel.session.send`` (``msg_or_type``,        wrapped: results ride on the execute_reply;
-    ``parent``)                                      outputs are counted
-    ``kernel.do_execute``                            wrapped: helper requests skip the cell
-                                                     machinery
-    ``kernel.iopub_socket``                          :func:`publish_data`'s messages
-    ``kernel._execute_sleep`` (if present)           0 on engines a Cluster started
-    ``sys.stdout``/``stderr``: ``_flush``,           the flush after each request is skipped
-    ``_flush_pending``, ``_subprocess_flush_pending``,  when nothing was written (engines a
-    ``_buffers``                                     Cluster started; without them, kept)
-    ===============================================  ============================================
+    - ``kernel.get_parent('shell')``, with the request's ``buffers``: the
+      request being served, payload included;
+    - ``kernel.set_parent`` and the shell request's ident: a batch's tasks
+      each run under their own msg_id;
+    - ``kernel.session.send`` (its ``msg_or_type`` and ``parent``
+      parameters), wrapped: results ride on the execute_reply, outputs are
+      counted;
+    - ``kernel.do_execute``, wrapped: helper requests skip the cell machinery;
+    - ``kernel.iopub_socket``: :func:`publish_data`'s messages;
+    - ``kernel._execute_sleep`` (when present): 0 on engines a Cluster started;
+    - the ``_flush``, ``_flush_pending``, ``_subprocess_flush_pending`` and
+      ``_buffers`` of ``sys.stdout``/``sys.stderr`` (ipykernel's OutStream):
+      the flush after each request is skipped when there is nothing to send
+      (engines a Cluster started; streams without them keep the stock flush).
 
     Built inside the install request; a missing piece raises
     :class:`IncompatibleKernel` naming it, so the install fails with that
