@@ -510,7 +510,7 @@ def _versions():
     except ImportError:
         return ""
     return (f" (ipykernel {ipykernel.__version__}, jupyter_client {jupyter_client.__version__};"
-            " the ipyparallel_ext engine helpers need ipykernel 6 or 7)")
+            " the ipyparallel_ext engine helpers are tested with ipykernel 7)")
 
 
 def _send_parameters(session_class):

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import sys
 
-from ._engine_code import MODULE_NAME
+from . import _engine_code
 
 __all__ = ["publish_data"]
 
@@ -40,4 +40,4 @@ def publish_data(data: dict) -> None:
         If called outside a task running on an engine.
     """
     # The helpers installed on this engine (not necessarily this package's copy).
-    sys.modules[MODULE_NAME].publish_data(data)
+    sys.modules[_engine_code.MODULE_NAME].publish_data(data)

@@ -129,8 +129,6 @@ PENDING = {
     "missing: Cluster.signal_engine_sync": "lifecycle",
     "missing: Cluster.start_engines_sync": "lifecycle",
     "missing: Cluster.stop_engine_sync": "lifecycle",
-    # enginecode (ipyparallel_ext.datapub)
-    "missing: module datapub": "enginecode",
 }
 
 
