@@ -440,7 +440,9 @@ class KernelAdapter:
         def make(inner, live):
             def send(*args, **kwargs):
                 if live:
-                    change = edit(_arg(args, kwargs, i_type, "msg_or_type"), _arg(args, kwargs, i_parent, "parent"))
+                    n = len(args)  # (inline: this runs for every message the kernel sends)
+                    change = edit(args[i_type] if n > i_type else kwargs.get("msg_or_type"),
+                                  args[i_parent] if n > i_parent else kwargs.get("parent"))
                     if change is not None:
                         metadata = dict(_arg(args, kwargs, i_meta, "metadata") or {}, **change[0])
                         args, kwargs = _with_arg(args, kwargs, i_meta, "metadata", metadata)
