@@ -241,10 +241,12 @@ kernelapp.launch_new_instance(kernel_class=BufferlessKernel)
 """
 
 
-def test_a_kernel_without_a_needed_piece_is_named_at_install(custom_engine):
+def test_a_kernel_without_a_needed_piece_is_named_at_install(custom_engine, caplog):
     rc = custom_engine("bufferless", BUFFERLESS_KERNEL)
+    # The client logs the engine's failure as soon as the install reply comes.
+    assert wait_until(lambda: any("could not install" in r.getMessage() for r in caplog.records), timeout=60)
     with pytest.raises(TimeoutError) as info:
-        rc.wait_for_engines(1, timeout=30)
+        rc.wait_for_engines(1, timeout=0.1)
     message = str(info.value)
     assert "engine 0 could not install the engine helpers" in message
     assert "IncompatibleKernel" in message and "has no 'buffers'" in message
@@ -333,3 +335,4 @@ def test_use_dill_returns_what_apply_would(rc):
     view.block = True
     assert view.use_pickle() == [None, None]
     assert view.apply_sync(lambda: 3) == [3, 3]
+
