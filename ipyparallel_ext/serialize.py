@@ -7,8 +7,8 @@ functions) are pickled by value.  So :func:`can` only wraps such functions
 undoes it; every other object passes through unchanged.
 
 :func:`use_dill`, :func:`use_cloudpickle` and :func:`use_pickle` choose how
-this process pickles what it sends, as ipyparallel's do; ``view.use_dill()``
-also switches the engines (so that results are pickled with dill too).
+this process pickles what it sends, as ipyparallel's do; the pickler travels
+with each request, so the engines pickle the results with it too.
 """
 
 from __future__ import annotations
@@ -41,9 +41,10 @@ def _use(name: str) -> None:
 def use_dill() -> None:
     """Pickle what this process sends with dill.
 
-    Applies to every Client that has not chosen a pickler itself.  Engines
-    unpickle it with stdlib pickle, which needs dill installed there; call
-    ``view.use_dill()`` to have the engines pickle their results with dill too.
+    Applies to every Client that has not chosen a pickler itself.  Each
+    request names its pickler, so the engines (which need dill installed)
+    unpickle it and pickle its result with dill; ``view.use_dill()`` chooses
+    dill for one client and checks that its engines can load it.
     """
     _use("dill")
 
