@@ -376,6 +376,7 @@ class KernelAdapter:
         kernel = getattr(shell, "kernel", None)
         if kernel is None:
             raise IncompatibleKernel("this is not an ipykernel: get_ipython().kernel is missing" + _versions())
+        self.shell = shell
         self.kernel = kernel
         for name in ("get_parent", "set_parent", "session", "do_execute", "iopub_socket"):
             if getattr(kernel, name, None) is None:
@@ -681,7 +682,7 @@ def handle():
 
 
 def _reply_content(error=None):
-    content = {"status": "ok", "execution_count": _shell().execution_count,
+    content = {"status": "ok", "execution_count": _adapter.shell.execution_count,
                "user_expressions": {}, "payload": []}
     if error is not None:
         content.update(error, status="error", traceback=error["traceback"].splitlines())
