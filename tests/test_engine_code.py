@@ -80,36 +80,52 @@ def test_clients_sharing_engines_keep_their_own_pickler(cluster, rc, notebook):
         dill_client.close()
 
 
+FOREIGN_WRAPPER = """
+def _wrap(inner):
+    def foreign_send(*args, **kwargs):
+        return inner(*args, **kwargs)
+    foreign_send.inner = inner
+    return foreign_send
+get_ipython().kernel.session.send = _wrap(get_ipython().kernel.session.send)
+"""
+
+# Back to one clean install (a Session with only our wrapper), for the tests that follow.
+CLEAN_INSTALL = """
+_session = get_ipython().kernel.session
+del _session.send, _session._ipp_ext_send
+__import__("_ipp_ext_engine").install({"execute_sleep": 0, "skip_empty_flushes": True})
+"""
+
+
+@ipp.interactive
+def send_chain():
+    """Runs on an engine: the names along the chain of session.send wrappers, [live] for ours."""
+    links = []
+    f = get_ipython().kernel.session.send  # noqa: F821 - the engine's
+    while f is not None:
+        live = getattr(f, "__ipp_ext_live__", None)
+        links.append(f.__name__ + ("" if live is None else f"[{bool(live)}]"))
+        f = getattr(f, "__wrapped__", None) or getattr(f, "inner", None)
+    return links
+
+
 def test_reinstalling_replaces_the_hooks_instead_of_stacking(cluster, rc):
-    # Someone else wraps session.send between two installs (a second client connects).
-    rc[0].execute(textwrap.dedent("""
-        _k = get_ipython().kernel
-        _inner_send = _k.session.send
-        def _foreign_send(*args, **kwargs):
-            return _inner_send(*args, **kwargs)
-        _k.session.send = _foreign_send
-    """), block=True)
+    assert rc[0].apply_sync(send_chain) == ["send[True]", "send"]
+    # Someone else wraps session.send, then a second client connects (installs again).
+    rc[0].execute(FOREIGN_WRAPPER, block=True)
     second = cluster.connect_client_sync()
     try:
         second.wait_for_engines(2, timeout=60)
-
-        @ipp.interactive
-        def chain():
-            links = []
-            f = get_ipython().kernel.session.send  # noqa: F821 - the engine's
-            while f is not None:
-                live = getattr(f, "__ipp_ext_live__", None)
-                links.append(getattr(f, "__name__", "?") + ("" if live is None else f"[{bool(live)}]"))
-                f = getattr(f, "__wrapped__", None) or (_inner_send if f is _foreign_send else None)  # noqa: F821
-            return links
-
         # ours (live) -> the foreign wrapper -> ours from before (retired) -> the Session's own
-        assert rc[0].apply_sync(chain) == ["send[True]", "_foreign_send", "send[False]", "send"]
+        assert rc[0].apply_sync(send_chain) == ["send[True]", "foreign_send", "send[False]", "send"]
+        assert rc[1].apply_sync(send_chain) == ["send[True]", "send"]  # not stacked
         ar = second[0].apply_async(print, "counted once")
         assert ar.get(10) is None and ar.wait_for_output(10)
         assert ar.stdout == "counted once\n"
     finally:
-        second.close()  # the engine keeps working through the foreign wrapper
+        second.close()
+        rc[0].execute(CLEAN_INSTALL, block=True)
+    assert rc[0].apply_sync(send_chain) == ["send[True]", "send"]
 
 
 # -- output: nothing written is lost ------------------------------------------------------
