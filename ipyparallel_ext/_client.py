@@ -8,6 +8,7 @@ thread (:mod:`._iothread`, :mod:`._engine`) sends them and completes them.
 
 from __future__ import annotations
 
+import atexit
 import concurrent.futures
 import json
 import logging
@@ -16,6 +17,7 @@ import signal
 import sys
 import threading
 import time
+import warnings
 import weakref
 from collections.abc import Iterable, Sized
 
@@ -27,6 +29,21 @@ from ._record import DONE, MessageRecord
 from .error import ClientClosed, ConnectionFileError, EngineError, NoEnginesRegistered
 
 log = logging.getLogger("ipyparallel_ext")
+
+_CLOSE_TIMEOUT = 5.0  # seconds close() waits for the I/O thread
+
+# Clients still open, closed at interpreter exit (weakly held: a dropped client goes).
+_live_clients: weakref.WeakSet = weakref.WeakSet()
+
+
+@atexit.register
+def _close_clients_at_exit() -> None:
+    for client in list(_live_clients):
+        try:
+            client.close()
+        except Exception:  # exiting anyway; never let one client stop the others closing
+            log.debug("closing a client at exit failed", exc_info=True)
+
 
 _REQUIRED_KEYS = ("shell_port", "iopub_port", "control_port", "hb_port", "key", "ip")
 
@@ -69,6 +86,15 @@ class Client:
         Kernel connection files; engine ``i`` is the ``i``-th file.
     connection_info : list of dict, optional
         Connection info dicts, as an alternative to files.
+    timeout : float
+        Seconds to wait for the engines to connect, as in ipyparallel.  When
+        the constructor returns, every engine that answered is in
+        :attr:`ids`; one that did not is left out with a warning saying why
+        (it joins :attr:`ids` if it answers later).  0 returns at once.
+    cluster : Cluster, optional
+        Attach to a :class:`Cluster`'s engines (what
+        :meth:`Cluster.connect_client` does): engines it starts or restarts
+        later join this client too.
     pickler : {'pickle', 'dill', 'cloudpickle'}, optional
         How payloads are pickled (see :meth:`DirectView.use_dill`); by
         default the process-wide choice of ``ipyparallel_ext.use_dill()`` & co.
@@ -78,12 +104,12 @@ class Client:
     Several clients may share engines; each sees only its own results.
     """
 
-    def __init__(self, connection_files=None, connection_info=None, *, pickler=None,
-                 _cluster=None, _engine_options=None, _probes=None):
+    def __init__(self, connection_files=None, connection_info=None, *, timeout=10, cluster=None,
+                 pickler=None):
         infos = [load_connection_file(f) for f in (connection_files or [])]
         infos += [check_connection_info(dict(i)) for i in (connection_info or [])]
-        self._cluster = _cluster
-        self._engine_options = _engine_options or {}
+        self._cluster = cluster
+        self._engine_options = {}
         self._loop = shared_loop()
         self._engines: dict = {}  # id -> EngineConnection; written on the I/O thread
         self._ids: list = []
@@ -94,11 +120,18 @@ class Client:
         self._views: weakref.WeakSet = weakref.WeakSet()  # views whose history purge_results prunes
         self._schedulers: list = []  # load-balancing schedulers to tell about free engines
         self._closed = False
+        self._close_lock = threading.Lock()
         self._retiring: set = set()  # connections to engines being stopped on purpose (I/O thread)
-        self._expected = len(infos)
-        probes = _probes or {}
-        for engine_id, info in enumerate(infos):
-            self.add_engine(engine_id, info, probes.get(engine_id))
+        self._known: set = set()  # ids of the engines this client was given (wait_for_engines' n)
+        connecting = [self.add_engine(engine_id, info) for engine_id, info in enumerate(infos)]
+        if cluster is not None:
+            # The cluster adds engines it starts later (and restarted ones) itself.
+            self._engine_options = dict(cluster.engine_options)
+            connecting += [self.add_engine(engine_id, info, probe)
+                           for engine_id, (info, probe) in cluster.attach(self).items()]
+        _live_clients.add(self)
+        if timeout:
+            self._await_connections(connecting, timeout)
         # Inside IPython the first Client binds %px to a blocking all-engines view, as
         # ipyparallel does; a plain script never pays for importing IPython here.
         if "IPython" in sys.modules:
@@ -108,18 +141,69 @@ class Client:
 
     # -- engines ---------------------------------------------------------------------
 
-    def add_engine(self, engine_id: int, info: dict, probe=None) -> None:
-        """Connect to one more engine (or reconnect a restarted one) under ``engine_id``."""
+    def add_engine(self, engine_id: int, info: dict, probe=None):
+        """Connect to one more engine (or reconnect a restarted one) under ``engine_id``.
+
+        Returns its :class:`EngineConnection`, which becomes ready (or
+        dead) on the I/O thread; nothing happens once the client is closed.
+        """
         engine = EngineConnection(self._loop, engine_id, check_connection_info(info), self,
                                   probe=probe, options=self._engine_options)
-        self._loop.call_soon(self._open_engine, engine)
+        self._known.add(engine_id)
+        if not self._closed:
+            self._loop.call_soon(self._open_engine, engine)
+        return engine
 
     def _open_engine(self, engine) -> None:
+        if self._closed:  # closed before this connection could open
+            return
         old = self._engines.get(engine.id)
         if old is not None and not old.dead_reason:
+            self._retiring.add(old)  # replaced on purpose: no death warning
             old.die("was replaced by a new connection")
         self._engines[engine.id] = engine
-        engine.open()
+        try:
+            engine.open()
+        except Exception as exc:  # e.g. an address zmq cannot connect to
+            engine.die(f"could not be connected to: {exc}")
+
+    def _await_connections(self, engines, timeout) -> None:
+        """Wait until each of ``engines`` is ready or dead; warn about those that are not ready."""
+        if self._loop.in_loop():
+            return  # waiting here would stop the very thread that connects them
+        self._wait_settled(engines, timeout)
+        missing = [e for e in engines if not e.ready]
+        if missing and not self._closed:
+            why = "; ".join(f"engine {e.id} {self._engine_problem(e)}" for e in missing)
+            warnings.warn(f"{len(missing)} of {len(engines)} engines did not connect within"
+                          f" timeout={timeout} s and are not in Client.ids: {why}", stacklevel=3)
+
+    def _wait_settled(self, engines, timeout) -> bool:
+        """Wait until each connection is ready or dead (or the client closes); False on timeout."""
+        deadline = time.monotonic() + timeout
+        with self._ids_changed:
+            while not self._closed and not all(e.ready or e.dead_reason for e in engines):
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                self._ids_changed.wait(left)
+        return True
+
+    @staticmethod
+    def _engine_problem(engine) -> str:
+        """Why ``engine`` is not ready, in words that say what to check."""
+        if engine.dead_reason:
+            return engine.dead_reason
+        if engine.ready:
+            return "is ready"
+        if engine.beats:
+            # A heartbeat echo needs no key; a request does, and a kernel drops
+            # a request signed with the wrong key without a word.
+            return ("answers heartbeats but not requests: it is busy running other code,"
+                    " or the key in its connection info is wrong")
+        info = engine.info
+        return (f"does not answer at {info.get('ip')} (heartbeat port {info.get('hb_port')}):"
+                f" the kernel is not running, still starting, or unreachable")
 
     # Called by EngineConnection on the I/O thread.
     def engine_ready(self, engine) -> None:
@@ -135,19 +219,23 @@ class Client:
         elif not self._closed:
             log.warning("engine %s %s", engine.id, reason)
         with self._ids_changed:
-            self._ids = [i for i in self._ids if i != engine.id]
+            if self._engines.get(engine.id, engine) is engine:  # not a replaced connection
+                self._ids = [i for i in self._ids if i != engine.id]
             self._ids_changed.notify_all()
         for scheduler in self._schedulers:
             scheduler.engines_changed()
 
-    def engines_stopping(self, engine_ids, reason: str) -> None:
+    def engines_stopping(self, engine_ids, reason: str, *, forget: bool = False) -> None:
         """Engines ``engine_ids`` are being stopped or restarted on purpose.
 
         Their connections close now; work still outstanding on them fails
         with :class:`EngineError` saying ``reason``.  Called by
         :class:`Cluster` (for every client of its engines) and by
-        :meth:`shutdown`.
+        :meth:`shutdown`; ``forget=True`` (stopped for good) also lowers the
+        default ``n`` of :meth:`wait_for_engines`.
         """
+        if forget:
+            self._known.difference_update(engine_ids)
         if self._closed:
             return
 
@@ -207,36 +295,54 @@ class Client:
         return len(self._ids)
 
     def wait_for_engines(self, n=None, *, timeout=-1, block=True, interactive=None, widget=None):
-        """Wait until at least ``n`` engines are ready.
+        """Wait until at least ``n`` engines are ready (default: every engine this client knows).
+
+        Parameters
+        ----------
+        n : int, optional
+            How many engines to wait for.
+        timeout : float
+            Seconds; negative waits as long as it takes, as in ipyparallel.
+        block : bool
+            False returns a :class:`concurrent.futures.Future` at once.
+        interactive, widget
+            Accepted for ipyparallel's signature; no progress bar is shown
+            (engines here connect in well under a second).
 
         Raises
         ------
         TimeoutError
             If fewer than ``n`` engines are ready after ``timeout`` seconds.
         """
-        n = self._expected if n is None else n
+        n = len(self._known) if n is None else n
+        if not block:
+            future = concurrent.futures.Future()
+
+            def wait():
+                try:
+                    future.set_result(self.wait_for_engines(n, timeout=timeout))
+                except BaseException as exc:  # noqa: BLE001 - handed to the future
+                    future.set_exception(exc)
+
+            threading.Thread(target=wait, name="ipyparallel_ext-wait_for_engines", daemon=True).start()
+            return future
         deadline = None if timeout is None or timeout < 0 else time.monotonic() + timeout
         with self._ids_changed:
             while len(self._ids) < n:
+                self._check_open()
                 left = None if deadline is None else deadline - time.monotonic()
                 if left is not None and left <= 0:
                     raise TimeoutError(
                         f"{len(self._ids)} of {n} engines ready after {timeout} s"
                         f"{self._engines_note()}"
                     )
-                self._ids_changed.wait(left if left is None else min(left, 1.0))
+                self._ids_changed.wait(left)
         return None
 
     def _engines_note(self) -> str:
         """Why engines are not ready: dead (and how), or silent (and what to check)."""
-        notes = []
-        for i, engine in sorted(self._engines.items()):
-            if engine.dead_reason:
-                notes.append(f"engine {i} {engine.dead_reason}")
-            elif not engine.ready:
-                # A kernel drops requests signed with the wrong key without a word.
-                notes.append(f"engine {i} has not answered (still starting, or the key in its"
-                             f" connection info is wrong)")
+        notes = [f"engine {i} {self._engine_problem(e)}" for i, e in sorted(self._engines.items())
+                 if not e.ready or e.dead_reason]
         return "".join(f"; {note}" for note in notes)
 
     def resolve_targets(self, targets) -> list:
@@ -544,36 +650,60 @@ class Client:
             self.call_in_loop(lambda: [self._engines[i].send_control("shutdown_request", {"restart": False})
                                        for i in ids])
             # No process to watch here: stop using them now rather than when heartbeats stop.
-            self.engines_stopping(ids, "was shut down")
+            self.engines_stopping(ids, "was shut down", forget=True)
         if hub:
             self.close()
 
     def _wait_ready(self, engine_ids, timeout) -> None:
         """Wait until the current connections to ``engine_ids`` are ready (e.g. after a restart)."""
         engines = self.call_in_loop(lambda: [self._engines[i] for i in engine_ids])
-        deadline = time.monotonic() + timeout
-        with self._ids_changed:
-            while not all(e.ready or e.dead_reason for e in engines):
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    raise TimeoutError(f"engines {list(engine_ids)} not ready {timeout} s after restarting"
-                                       f"{self._engines_note()}")
-                self._ids_changed.wait(min(left, 1.0))
+        if not self._wait_settled(engines, timeout):
+            raise TimeoutError(f"engines {list(engine_ids)} not ready {timeout} s after restarting"
+                               f"{self._engines_note()}")
 
     def spin(self) -> None:
         """Kept for compatibility: the I/O thread processes messages continuously."""
 
     def close(self, linger=None) -> None:
-        """Disconnect from every engine (the engines keep running)."""
-        if self._closed:
+        """Disconnect from every engine (the engines keep running).
+
+        Safe at any moment and from any thread (the I/O thread and
+        done-callbacks included), twice, and at interpreter exit.  Work
+        still outstanding fails: sent or queued on an engine with
+        :class:`EngineError` ("... client closed"), not yet placed by the
+        load balancer with :class:`ClientClosed`.  ``linger`` is accepted for
+        ipyparallel's signature: nothing waits to be flushed, since the
+        outstanding work fails anyway.
+        """
+        with self._close_lock:
+            if self._closed:
+                return
+            self._closed = True
+        _live_clients.discard(self)
+        with self._ids_changed:
+            self._ids_changed.notify_all()  # a constructor or wait_for_engines waiting on us
+        if not self._loop.is_alive():
+            # The I/O thread has stopped (interpreter exit): nobody else
+            # touches these sockets any more, so close them here.
+            self._close_on_loop()
             return
-        self._closed = True
+        try:
+            self.call_in_loop(self._close_on_loop, timeout=_CLOSE_TIMEOUT)
+        except TimeoutError:
+            log.warning("the I/O thread did not close this client's connections within %s s", _CLOSE_TIMEOUT)
 
-        def close_all():
-            for engine in list(self._engines.values()):
-                engine.close()
-
-        self.call_in_loop(close_all)
+    def _close_on_loop(self) -> None:
+        error = ClientClosed("the Client was closed before this task ran")
+        for record in list(self._records.values()):
+            # Load-balanced tasks first, so that closing their engines does
+            # not send them back to the scheduler's queue.
+            if record.state != DONE and hasattr(record, "settle"):
+                record.settle("error", error)
+        for engine in list(self._engines.values()):
+            engine.close()
+        for record in list(self._records.values()):
+            if record.state != DONE:  # queued nowhere any more
+                record.finish("error", error)
 
     def __enter__(self):
         return self

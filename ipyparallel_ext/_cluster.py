@@ -12,12 +12,19 @@ from __future__ import annotations
 
 import asyncio
 import atexit
+import contextlib
+import functools
+import json
+import logging
 import os
 import shutil
+import signal
 import sys
 import tempfile
 import threading
+import time
 import uuid
+import warnings
 import weakref
 
 from jupyter_client import AsyncKernelManager
@@ -25,9 +32,18 @@ from jupyter_client.kernelspec import KernelSpec, KernelSpecManager
 from jupyter_core.paths import jupyter_path
 
 from ._client import Client, load_connection_file
+from ._engine import describe_exit
 from .error import EngineStartError
 
 ENGINE_KERNEL_NAME = "ipyparallel-ext-engine"
+
+# What clients tell the helpers in engines this module started (stock ipykernel, our args).
+_ENGINE_OPTIONS = {"execute_sleep": 0, "skip_empty_flushes": True}
+_STOP_WAIT = 30.0  # seconds stopping engines may take, beyond starting ones' engine_timeout
+_ATTACHED_STOP_WAIT = 5.0  # seconds an engine of another process gets to exit after SIGTERM
+_WATCH_PERIOD = 0.25  # how often auto_restart polls an engine's process
+_FLAP_SECONDS = 10.0  # a death this soon after a (re)start counts towards giving up
+_FLAP_LIMIT = 3  # auto_restart gives up after this many such deaths in a row
 
 # Arguments our engine kernels run with: stock ipykernel, minus what costs
 # start-up time or per-request latency and gives an engine nothing.
@@ -104,26 +120,157 @@ class _ProcessProbe:
         return "\n".join(kept[-lines:])
 
 
+class _AttachedEngine:
+    """An engine another process started, re-attached by :meth:`Cluster.from_dict`.
+
+    Quacks like the parts of a kernel manager the Cluster uses: it can be
+    signalled and stopped through its pid, not restarted (its manager lives
+    in the process that started it).
+    """
+
+    provisioner = None
+
+    def __init__(self, engine_id: int, connection_file: str, pid: int):
+        self.engine_id = engine_id
+        self.connection_file = connection_file
+        self.pid = pid
+
+    def is_running(self) -> bool:
+        try:
+            os.kill(self.pid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            return True
+        return True
+
+    async def signal_kernel(self, signum) -> None:
+        os.kill(self.pid, signum)
+
+    async def shutdown_kernel(self, now=False, restart=False) -> None:
+        if not self.is_running():
+            return
+        os.kill(self.pid, signal.SIGTERM)
+        deadline = time.monotonic() + _ATTACHED_STOP_WAIT
+        # Not our child: there is no wait() to block on, so look now and then.
+        while self.is_running() and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        if self.is_running():
+            os.kill(self.pid, signal.SIGKILL)
+
+    async def restart_kernel(self, now=False, **kw) -> None:
+        raise NotImplementedError(
+            f"engine {self.engine_id} was started by another process and re-attached with"
+            f" Cluster.from_dict: restart it from the Cluster that started it (its kernel manager"
+            f" lives there), or stop it and start_engines() here")
+
+
+def _check_ipp_options(engines, engine_launcher_class, controller, controller_launcher_class,
+                       config, ignored: dict) -> None:
+    """Apply the policy for ipyparallel's Cluster arguments that have no meaning here.
+
+    A launcher other than local raises (ignoring it would start the wrong
+    engines); a controller option or a profile warns (there is no
+    controller and no profile, so ignoring it changes nothing).
+    """
+    if engines is not None and engine_launcher_class is not None:
+        raise TypeError("Only specify one of 'engines' or 'engine_launcher_class', not both")
+    if controller is not None and controller_launcher_class is not None:
+        raise TypeError("Only specify one of 'controller' or 'controller_launcher_class', not both")
+    launcher = engines if engines is not None else engine_launcher_class
+    if launcher is not None:
+        name = launcher if isinstance(launcher, str) else getattr(launcher, "__name__", repr(launcher))
+        short = name.rsplit(".", 1)[-1].lower()
+        if short not in ("local", "localengine", "localenginesetlauncher"):
+            raise NotImplementedError(
+                f"Cluster(engines={launcher!r}): only local engines (engines='local') are supported"
+                f" yet; MPI, SSH and batch-system launchers are not. Start kernels there and attach"
+                f" them with Client(connection_files=[...])")
+    if config:
+        raise NotImplementedError(
+            "Cluster(config=...): traitlets configuration is not read; pass the options as"
+            " arguments (n=, engine_timeout=, kernel_name=, ...)")
+    if controller is not None or controller_launcher_class is not None:
+        ignored["controller"] = controller if controller is not None else controller_launcher_class
+    for name, value in ignored.items():
+        if value is None:
+            continue
+        why = ("there is no controller: clients talk to the engines directly"
+               if name.startswith("controller") or name in ("delay", "send_engines_connection_env")
+               else "no IPython profile is read")
+        warnings.warn(f"Cluster({name}={value!r}) is ignored: {why}", stacklevel=3)
+
+
+def _blocking(method):
+    """The blocking twin of an async Cluster method: ``start_engines_sync = _blocking(start_engines)``."""
+
+    @functools.wraps(method)
+    def run(self, *args, **kwargs):
+        return self._run(method(self, *args, **kwargs))
+
+    run.__name__ = run.__qualname__ = f"{method.__name__}_sync"
+    run.__doc__ = f"Blocking :meth:`{method.__name__}` (works inside a running event loop too)."
+    return run
+
+
+def _on_cluster_loop(method):
+    """Run an async Cluster method on the cluster's own loop thread, whoever awaits it.
+
+    Every kernel manager then lives on one loop, whether the method is
+    awaited in a notebook's loop or called through its ``_sync`` twin.
+    """
+
+    @functools.wraps(method)
+    async def run(self, *args, **kwargs):
+        coro = method(self, *args, **kwargs)
+        loop = self._loop_thread().loop
+        if asyncio.get_running_loop() is loop:
+            return await coro
+        return await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(coro, loop))
+
+    return run
+
+
 class Cluster:
-    """A set of local engine kernels.
+    """A set of local engine kernels, with ipyparallel 9's Cluster API.
 
     Parameters
     ----------
     n : int, optional
-        How many engines (default: the number of CPUs).
+        How many engines :meth:`start_cluster` starts (default: the number of CPUs).
     kernel_name : str, optional
         The kernelspec to start engines with (default: the built-in engine
         spec for this Python; any installed kernelspec works, e.g. 'python3').
     cluster_id : str, optional
         Names the folder that holds the engines' connection files.
     engine_timeout : float
-        Seconds an engine may take to start.
+        Seconds an engine may take to start and connect.
     ip : str
         Interface the engines listen on (default 127.0.0.1, loopback only).
     env : dict, optional
         Extra environment variables for the engines.
     shutdown_atexit : bool
         Stop the engines when this Python exits (default True).
+    auto_restart : bool
+        Restart a local engine whose process dies, under the same id; its
+        clients reconnect to it, and a warning says its namespace is gone.
+        Work that was on it fails with :class:`EngineError` all the same.
+    log_level : int, optional
+        Level of this cluster's logger (``ipyparallel_ext.cluster.<id>``).
+    log : logging.Logger, optional
+        A logger to use instead.
+    engines, engine_launcher_class : str, optional
+        ipyparallel's launcher choice: only ``'local'`` is supported yet
+        (others raise NotImplementedError).
+    controller, controller_launcher_class, controller_ip, controller_location, controller_args, delay, send_engines_connection_env
+        ipyparallel's controller options: there is no controller, so these
+        are ignored with a warning.
+    profile, profile_dir, load_profile, parent
+        ipyparallel's profile options: no profile is read (ignored with a
+        warning); ``config`` raises, since settings in it would be lost.
+    cluster_file : path, optional
+        Where to keep :meth:`to_dict` as JSON while engines run (read it
+        back with :meth:`from_file`).
 
     Examples
     --------
@@ -131,20 +278,40 @@ class Cluster:
     ...     rc[:].apply_sync(os.getpid)
     """
 
-    def __init__(self, n=None, kernel_name=None, *, cluster_id=None, engine_timeout=60.0,
-                 ip="127.0.0.1", env=None, shutdown_atexit=True, log_level=None, **_ignored):
-        self.n = n if n is not None else (os.cpu_count() or 1)
+    def __init__(self, n=None, kernel_name=None, *, cluster_id=None, engine_timeout=60, ip="127.0.0.1",
+                 env=None, shutdown_atexit=True, auto_restart=False, log_level=None, log=None,
+                 cluster_file=None, engines=None, engine_launcher_class=None, controller=None,
+                 controller_launcher_class=None, controller_ip=None, controller_location=None,
+                 controller_args=None, delay=None, send_engines_connection_env=None, profile=None,
+                 profile_dir=None, load_profile=None, parent=None, config=None):
+        _check_ipp_options(engines, engine_launcher_class, controller, controller_launcher_class, config, {
+            "controller_ip": controller_ip, "controller_location": controller_location,
+            "controller_args": controller_args, "delay": delay,
+            "send_engines_connection_env": send_engines_connection_env, "profile": profile,
+            "profile_dir": profile_dir, "load_profile": load_profile, "parent": parent})
+        self.n = n
         self.kernel_name = kernel_name or ENGINE_KERNEL_NAME
         self.cluster_id = cluster_id or uuid.uuid4().hex[:8]
         self.engine_timeout = engine_timeout
         self.ip = ip
         self.env = dict(env or {})
         self.shutdown_atexit = shutdown_atexit
-        self.engines: dict = {}  # engine id -> AsyncKernelManager
+        self.auto_restart = auto_restart
+        self.cluster_file = os.fspath(cluster_file) if cluster_file is not None else None
+        self.log = log or logging.getLogger(f"ipyparallel_ext.cluster.{self.cluster_id}")
+        if log_level is not None:
+            self.log.setLevel(log_level)
+        self.engines: dict = {}  # engine id -> AsyncKernelManager (or _AttachedEngine)
+        self.engine_sets: dict = {}  # engine set id (start_engines' return value) -> engine ids
+        self.engine_options = dict(_ENGINE_OPTIONS)  # what clients tell our engines' helpers
+        self._next_id = 0  # engine ids are never reused, as in ipyparallel
         self._clients: weakref.WeakSet = weakref.WeakSet()
+        self._lock = threading.Lock()  # engines and clients change together (attach vs. announce)
         self._runner = None
         self._folder = None
         self._logs: dict = {}  # engine id -> its open log file
+        self._watched: dict = {}  # engine id -> the process its auto-restart watcher watches
+        self._flaps: dict = {}  # engine id -> deaths soon after a restart, in a row
         self._spec_manager = EngineSpecManager()
 
     def __repr__(self) -> str:
@@ -155,10 +322,63 @@ class Cluster:
         """The engines' connection files, in engine id order."""
         return [self.engines[i].connection_file for i in sorted(self.engines)]
 
-    def _run(self, coro, timeout=None):
+    def _loop_thread(self) -> _LoopThread:
         if self._runner is None:
             self._runner = _LoopThread()
-        return self._runner.run(coro, timeout)
+        return self._runner
+
+    def _run(self, coro):
+        return self._loop_thread().run(coro, timeout=self.engine_timeout + _STOP_WAIT)
+
+    # -- the engine-source protocol, for Clients ---------------------------------------
+
+    def attach(self, client) -> dict:
+        """Register ``client`` and return ``{engine_id: (connection_info, probe)}`` of the engines now.
+
+        Engines started or restarted later are added to the client with
+        ``client.add_engine``; engines stopped are announced with
+        ``client.engines_stopping``.
+        """
+        with self._lock:
+            self._clients.add(client)
+            return {eid: (self._info(eid), self._probe(eid)) for eid in sorted(self.engines)}
+
+    def owns(self, client) -> bool:
+        """True if ``client`` is attached to this cluster."""
+        return client in self._clients
+
+    def _announce(self, engine_ids) -> None:
+        """Tell every attached client about (re)started engines (call with ``self._lock`` held)."""
+        for client in list(self._clients):
+            for eid in engine_ids:
+                client.add_engine(eid, self._info(eid), self._probe(eid))
+
+    def _stopping(self, engine_ids, reason, forget=False) -> None:
+        for client in list(self._clients):
+            client.engines_stopping(engine_ids, reason, forget=forget)
+
+    def _info(self, engine_id: int) -> dict:
+        return load_connection_file(self.engines[engine_id].connection_file)
+
+    def _probe(self, engine_id: int):
+        km = self.engines[engine_id]
+        process = getattr(km.provisioner, "process", None)
+        return None if process is None else _ProcessProbe(process, self._logs[engine_id].name)
+
+    def _ids(self, engine_set_id) -> list:
+        """Engine ids named by an engine set id, an engine id, a list of them, or None (all)."""
+        if engine_set_id is None:
+            return sorted(self.engines)
+        if isinstance(engine_set_id, str):
+            if engine_set_id not in self.engine_sets:
+                raise KeyError(f"no engine set {engine_set_id!r} in this cluster"
+                               f" (engine sets: {sorted(self.engine_sets)})")
+            return list(self.engine_sets[engine_set_id])
+        ids = [engine_set_id] if isinstance(engine_set_id, int) else list(engine_set_id)
+        unknown = [i for i in ids if i not in self.engines]
+        if unknown:
+            raise KeyError(f"no engine with id {unknown[0]} in this cluster (engines: {sorted(self.engines)})")
+        return ids
 
     # -- starting ----------------------------------------------------------------------
 
@@ -171,125 +391,193 @@ class Cluster:
         # prints) goes to its log file, not into whatever cell started it.
         log = open(os.path.join(self._folder, f"engine-{engine_id}.log"), "ab")  # noqa: SIM115
         self._logs[engine_id] = log
-        await km.start_kernel(env=env, stdout=log, stderr=log)
-        self.engines[engine_id] = km
+        try:
+            await km.start_kernel(env=env, stdout=log, stderr=log)
+        except BaseException:
+            self._logs.pop(engine_id).close()
+            raise
         return km
 
-    async def start_cluster(self, n=None):
-        """Start ``n`` engines (default ``self.n``), all at once."""
-        n = self.n if n is None else n
+    @_on_cluster_loop
+    async def start_engines(self, n=None, engine_set_id=None):
+        """Start ``n`` more engines (default ``self.n``, else the number of CPUs); grow a running cluster.
+
+        New engines get the next ids and join every client of this cluster.
+
+        Returns
+        -------
+        str
+            The engine set id, for :meth:`stop_engines` and friends.
+        """
+        n = n if n is not None else (self.n if self.n is not None else (os.cpu_count() or 1))
+        if engine_set_id is None:
+            engine_set_id = f"{int(time.time())}-{uuid.uuid4().hex[:4]}"
+        elif engine_set_id in self.engine_sets:
+            raise ValueError(f"engine set {engine_set_id!r} is running; stop it first or pick another id")
         if self._folder is None:
             runtime = os.path.join(tempfile.gettempdir(), f"ipyparallel_ext-{os.getuid()}")
             os.makedirs(runtime, mode=0o700, exist_ok=True)
             self._folder = tempfile.mkdtemp(prefix=f"cluster-{self.cluster_id}-", dir=runtime)
-        first = max(self.engines, default=-1) + 1
-        results = await asyncio.gather(*(self._start_one(first + i) for i in range(n)),
-                                       return_exceptions=True)
-        errors = [r for r in results if isinstance(r, BaseException)]
         _live_clusters.add(self)
+        ids = list(range(self._next_id, self._next_id + n))
+        self._next_id += n
+        results = await asyncio.gather(*(self._start_one(i) for i in ids), return_exceptions=True)
+        errors = [r for r in results if isinstance(r, BaseException)]
         if errors:
-            await self.stop_cluster()
+            started = [km for km in results if not isinstance(km, BaseException)]
+            await asyncio.gather(*(_stop_kernel(km) for km in started), return_exceptions=True)
+            for i in ids:
+                log = self._logs.pop(i, None)
+                if log is not None:
+                    log.close()
             raise EngineStartError(f"{len(errors)} of {n} engines failed to start: {errors[0]}") from errors[0]
-        for client in list(self._clients):
-            for eid in range(first, first + n):
-                client.add_engine(eid, self._info(eid), self._probe(eid))
+        with self._lock:
+            self.engines.update(zip(ids, results))
+            self.engine_sets[engine_set_id] = ids
+            self._announce(ids)
+        for i in ids:
+            self._watch(i)
+        self._write_cluster_file()
+        self.log.info("started engines %s (engine set %s)", ids, engine_set_id)
+        return engine_set_id
+
+    start_engines_sync = _blocking(start_engines)
+
+    @_on_cluster_loop
+    async def start_cluster(self, n=None):
+        """Start ``n`` engines (default ``self.n``), all at once; returns ``self`` for chaining."""
+        await self.start_engines(n)
         return self
 
-    def start_cluster_sync(self, n=None):
-        """Blocking :meth:`start_cluster`."""
-        return self._run(self.start_cluster(n), timeout=self.engine_timeout)
+    start_cluster_sync = _blocking(start_cluster)
 
-    def _info(self, engine_id: int) -> dict:
-        return load_connection_file(self.engines[engine_id].connection_file)
+    async def start_controller(self):
+        """There is no controller to start: clients talk to the engines directly (does nothing)."""
 
-    def _probe(self, engine_id: int):
-        km = self.engines[engine_id]
-        process = getattr(km.provisioner, "process", None)
-        return None if process is None else _ProcessProbe(process, self._logs[engine_id].name)
+    def start_controller_sync(self):
+        """There is no controller to start (does nothing)."""
 
-    def connect_client_sync(self, **kwargs) -> Client:
-        """A new Client on this cluster's engines (several may share them)."""
-        ids = sorted(self.engines)
-        client = Client(
-            connection_info=[self._info(i) for i in ids],
-            _cluster=self,
-            _engine_options={"execute_sleep": 0, "skip_empty_flushes": True},
-            _probes={pos: self._probe(i) for pos, i in enumerate(ids)},
-            **kwargs,
-        )
-        self._clients.add(client)
-        return client
+    async def stop_controller(self):
+        """There is no controller to stop (does nothing)."""
 
-    async def connect_client(self, **kwargs) -> Client:
-        return self.connect_client_sync(**kwargs)
+    def stop_controller_sync(self):
+        """There is no controller to stop (does nothing)."""
+
+    # -- clients -------------------------------------------------------------------------
+
+    def connect_client_sync(self, **client_kwargs) -> Client:
+        """A new :class:`Client` on this cluster's engines (several may share them).
+
+        It returns once every engine is connected (or after ``timeout``,
+        default :attr:`engine_timeout`, with a warning naming the missing
+        ones); engines this cluster starts or restarts later join it.
+        """
+        client_kwargs.setdefault("timeout", self.engine_timeout)
+        return Client(cluster=self, **client_kwargs)
+
+    async def connect_client(self, **client_kwargs) -> Client:
+        """Async :meth:`connect_client_sync` (the connect wait runs in a worker thread)."""
+        return await asyncio.to_thread(self.connect_client_sync, **client_kwargs)
 
     def start_and_connect_sync(self, n=None, activate=False) -> Client:
-        """Start engines and return a Client connected to them (engines may still be starting)."""
+        """Start engines and return a Client connected to all of them.
+
+        With ``activate=True`` the %px magics are bound to a blocking view of all engines.
+        """
         self.start_cluster_sync(n)
-        client = self.connect_client_sync()
-        if activate:
-            client[:].activate()
-        return client
+        return self._activated(self.connect_client_sync(), activate)
 
     async def start_and_connect(self, n=None, activate=False) -> Client:
+        """Async :meth:`start_and_connect_sync`."""
         await self.start_cluster(n)
-        client = self.connect_client_sync()
+        return self._activated(await self.connect_client(), activate)
+
+    @staticmethod
+    def _activated(client, activate):
         if activate:
-            client[:].activate()
+            client.activate()
         return client
 
-    def owns(self, client) -> bool:
-        """True if ``client`` was made by this cluster."""
-        return client in self._clients
+    # -- restarting, signalling and stopping ------------------------------------------------
 
-    # -- restarting and stopping ------------------------------------------------------------
+    @_on_cluster_loop
+    async def restart_engines(self, engine_set_id=None):
+        """Restart engines (default: all) under the same ids; clients reconnect to them.
 
-    async def restart_engines(self, engine_ids=None):
-        """Restart engines (default: all); clients reconnect to them under the same ids."""
-        ids = sorted(self.engines) if engine_ids is None else list(engine_ids)
-        for client in list(self._clients):
-            client.engines_stopping(ids, "was restarted")
+        ``engine_set_id`` is an engine set id (from :meth:`start_engines`),
+        or, beyond ipyparallel, an engine id or a list of them.
+        """
+        await self._restart(self._ids(engine_set_id), "was restarted")
+
+    restart_engines_sync = _blocking(restart_engines)
+
+    @_on_cluster_loop
+    async def restart_engine(self, engine_id):
+        """Restart one engine under the same id."""
+        await self._restart([engine_id], "was restarted")
+
+    restart_engine_sync = _blocking(restart_engine)
+
+    async def _restart(self, ids, reason) -> None:
+        for eid in ids:
+            self._watched.pop(eid, None)
+        self._stopping(ids, reason)
         await asyncio.gather(*(self.engines[i].restart_kernel(now=True) for i in ids))
-        for client in list(self._clients):
-            for eid in ids:
-                client.add_engine(eid, self._info(eid), self._probe(eid))
+        with self._lock:
+            self._announce([i for i in ids if i in self.engines])
+        for eid in ids:
+            self._watch(eid)
+        self._write_cluster_file()
 
-    def restart_engines_sync(self, engine_ids=None):
-        """Blocking :meth:`restart_engines`."""
-        return self._run(self.restart_engines(engine_ids), timeout=self.engine_timeout)
-
-    async def signal_engines(self, signum, engine_ids=None):
+    @_on_cluster_loop
+    async def signal_engines(self, signum, engine_set_id=None):
         """Send signal ``signum`` to engines (default: all), through their kernel managers."""
-        ids = sorted(self.engines) if engine_ids is None else list(engine_ids)
+        ids = self._ids(engine_set_id)
         await asyncio.gather(*(self.engines[i].signal_kernel(signum) for i in ids))
 
-    def signal_engines_sync(self, signum, engine_ids=None):
-        """Blocking :meth:`signal_engines`."""
-        return self._run(self.signal_engines(signum, engine_ids), timeout=30)
+    signal_engines_sync = _blocking(signal_engines)
 
-    async def stop_engines(self, engine_ids=None):
-        """Stop engines (default: all) and remove their connection files."""
-        ids = sorted(self.engines) if engine_ids is None else list(engine_ids)
-        for client in list(self._clients):
-            client.engines_stopping(ids, "was shut down")
-        managers = [self.engines.pop(i) for i in ids if i in self.engines]
+    @_on_cluster_loop
+    async def signal_engine(self, signum, engine_id):
+        """Send signal ``signum`` to one engine."""
+        await self.signal_engines(signum, [engine_id])
 
-        async def stop(km):
-            try:
-                await km.shutdown_kernel(now=False)
-            except Exception:  # already dead, or never answered: make sure it is gone
-                await km.shutdown_kernel(now=True)
+    signal_engine_sync = _blocking(signal_engine)
 
-        await asyncio.gather(*(stop(km) for km in managers), return_exceptions=True)
+    @_on_cluster_loop
+    async def stop_engines(self, engine_set_id=None):
+        """Stop engines (default: all) and remove their connection files.
+
+        ``engine_set_id`` is an engine set id (from :meth:`start_engines`),
+        or, beyond ipyparallel, an engine id or a list of them.
+        """
+        ids = self._ids(engine_set_id)
+        for eid in ids:
+            self._watched.pop(eid, None)
+        self._stopping(ids, "was shut down", forget=True)
+        with self._lock:
+            managers = [self.engines.pop(i) for i in ids]
+            for set_id, members in list(self.engine_sets.items()):
+                members[:] = [i for i in members if i not in ids]
+                if not members:
+                    del self.engine_sets[set_id]
+        await asyncio.gather(*(_stop_kernel(km) for km in managers), return_exceptions=True)
         for i in ids:
             log = self._logs.pop(i, None)
             if log is not None:
                 log.close()
+        self._write_cluster_file()
 
-    def stop_engines_sync(self, engine_ids=None):
-        """Blocking :meth:`stop_engines`."""
-        return self._run(self.stop_engines(engine_ids), timeout=30)
+    stop_engines_sync = _blocking(stop_engines)
 
+    @_on_cluster_loop
+    async def stop_engine(self, engine_id):
+        """Stop one engine."""
+        await self.stop_engines([engine_id])
+
+    stop_engine_sync = _blocking(stop_engine)
+
+    @_on_cluster_loop
     async def stop_cluster(self):
         """Stop every engine, close this cluster's clients, remove its files."""
         for client in list(self._clients):
@@ -298,31 +586,147 @@ class Cluster:
         if self._folder is not None:
             shutil.rmtree(self._folder, ignore_errors=True)
             self._folder = None
+        if self.cluster_file is not None:
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(self.cluster_file)
         _live_clusters.discard(self)
 
     def stop_cluster_sync(self):
         """Blocking :meth:`stop_cluster`."""
         if self._runner is None and not self.engines:
             return
-        self._run(self.stop_cluster(), timeout=30)
+        self._run(self.stop_cluster())
+
+    # -- automatic restart ------------------------------------------------------------------
+
+    def _watch(self, engine_id) -> None:
+        """With ``auto_restart``, watch the engine's process and restart it when it dies (cluster loop)."""
+        process = getattr(self.engines[engine_id].provisioner, "process", None)
+        if not self.auto_restart or process is None:
+            return
+        self._watched[engine_id] = process
+        asyncio.get_running_loop().create_task(self._watch_process(engine_id, process, time.monotonic()))
+
+    async def _watch_process(self, engine_id, process, started) -> None:
+        while self._watched.get(engine_id) is process and process.poll() is None:
+            await asyncio.sleep(_WATCH_PERIOD)
+        if self._watched.get(engine_id) is not process:
+            return  # stopped or restarted on purpose
+        reason = f"died: {describe_exit(process.poll())}"
+        flaps = self._flaps[engine_id] = self._flaps.get(engine_id, 0) + 1 if (
+            time.monotonic() - started < _FLAP_SECONDS) else 0
+        if flaps >= _FLAP_LIMIT:
+            self.log.warning("engine %s %s, %d times within %s s of starting: auto_restart gives up on it",
+                             engine_id, reason, flaps, _FLAP_SECONDS)
+            return
+        self.log.warning("engine %s %s; auto_restart starts it again under the same id: its namespace"
+                         " (variables, imports, pushed data) is gone", engine_id, reason)
+        try:
+            await self._restart([engine_id], reason)
+        except Exception:
+            self.log.exception("auto_restart could not restart engine %s", engine_id)
+
+    # -- saving and re-attaching -------------------------------------------------------------
+
+    def to_dict(self) -> dict:
+        """This cluster as a JSON-able dict, to re-attach to its running engines from another process.
+
+        :meth:`from_dict` turns it back into a Cluster whose clients reach
+        the same engines (connection files, engine ids, pids).
+        """
+        sets = {}
+        for set_id, ids in self.engine_sets.items():
+            sets[set_id] = {str(i): {"connection_file": self.engines[i].connection_file,
+                                     "pid": _pid(self.engines[i])} for i in ids}
+        return {
+            "cluster": {"class": f"{type(self).__module__}.{type(self).__qualname__}",
+                        "cluster_id": self.cluster_id, "n": self.n, "kernel_name": self.kernel_name,
+                        "engine_timeout": self.engine_timeout, "ip": self.ip,
+                        "auto_restart": self.auto_restart, "folder": self._folder,
+                        "next_id": self._next_id},
+            "engines": {"class": "local", "sets": sets},
+        }
+
+    @classmethod
+    def from_dict(cls, d, **kwargs):
+        """A Cluster attached to the running engines described by :meth:`to_dict`.
+
+        Engines whose process is gone are left out with a warning.  As in
+        ipyparallel, ``shutdown_atexit`` defaults to False here: the engines
+        belong to the process that started them.
+        """
+        info = dict(d["cluster"])
+        kwargs.setdefault("shutdown_atexit", False)
+        for key in ("cluster_id", "n", "kernel_name", "engine_timeout", "ip", "auto_restart"):
+            kwargs.setdefault(key, info.get(key))
+        self = cls(**kwargs)
+        self._folder = info.get("folder")
+        self._next_id = info.get("next_id", 0)
+        for set_id, members in d.get("engines", {}).get("sets", {}).items():
+            ids = []
+            for key, engine in members.items():
+                eid = int(key)
+                attached = _AttachedEngine(eid, engine["connection_file"], engine["pid"])
+                if attached.pid is None or not attached.is_running() \
+                        or not os.path.exists(attached.connection_file):
+                    self.log.warning("engine %s of cluster %s is not running (pid %s): left out",
+                                     eid, self.cluster_id, engine["pid"])
+                    continue
+                self.engines[eid] = attached
+                ids.append(eid)
+            if ids:
+                self.engine_sets[set_id] = ids
+        if self.engines:
+            _live_clusters.add(self)
+        return self
+
+    @classmethod
+    def from_file(cls, cluster_file, **kwargs):
+        """A Cluster attached to the engines described in ``cluster_file`` (see ``cluster_file=``)."""
+        with open(cluster_file) as f:
+            return cls.from_dict(json.load(f), cluster_file=cluster_file, **kwargs)
+
+    def _write_cluster_file(self) -> None:
+        if self.cluster_file is None:
+            return
+        os.makedirs(os.path.dirname(os.path.abspath(self.cluster_file)), exist_ok=True)
+        with open(self.cluster_file, "w") as f:
+            json.dump(self.to_dict(), f, indent=1)
+
+    # -- context managers ------------------------------------------------------------------
 
     def __enter__(self) -> Client:
-        client = self.start_and_connect_sync()
         try:
-            client.wait_for_engines(self.n, timeout=self.engine_timeout)
+            self._context_client = self.start_and_connect_sync()
         except BaseException:
             self.stop_cluster_sync()
             raise
-        return client
+        return self._context_client
 
     def __exit__(self, *exc):
         self.stop_cluster_sync()
 
-    async def __aenter__(self):
-        return self.__enter__()
+    async def __aenter__(self) -> Client:
+        try:
+            self._context_client = await self.start_and_connect()
+        except BaseException:
+            await self.stop_cluster()
+            raise
+        return self._context_client
 
     async def __aexit__(self, *exc):
-        self.stop_cluster_sync()
+        await self.stop_cluster()
+
+
+def _pid(km):
+    return getattr(km, "pid", None) or getattr(getattr(km, "provisioner", None), "pid", None)
+
+
+async def _stop_kernel(km) -> None:
+    try:
+        await km.shutdown_kernel(now=False)
+    except Exception:  # already dead, or never answered: make sure it is gone
+        await km.shutdown_kernel(now=True)
 
 
 @atexit.register

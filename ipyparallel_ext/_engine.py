@@ -119,7 +119,9 @@ class EngineConnection:
         self._installed = False
         self._last_beat = loop.awake()  # on the loop's clock, which leaves out its stalls
         self._pings_unanswered = 0
+        self.beats = 0  # heartbeat echoes heard (an echo needs no key: it tells silent from deaf)
         self.kernel_info = None
+        self.shell = self.iopub = self.control = self.hb = None  # until open()
         self._install_record = None
         self._session = None  # the kernel's session id; a restart changes it
         self._old_sessions: set = set()
@@ -194,7 +196,8 @@ class EngineConnection:
             return
         self.dead_reason = reason
         for sock in (self.shell, self.iopub, self.control, self.hb):
-            self.loop.remove_socket(sock)
+            if sock is not None:  # None: never opened (closed while connecting)
+                self.loop.remove_socket(sock)
         self._fail_outstanding(EngineError(f"engine {self.id} {reason}"), queued=True)
         self.listener.engine_dead(self, reason)
 
@@ -247,6 +250,7 @@ class EngineConnection:
     def _on_heartbeat(self, frames) -> None:
         self._last_beat = self.loop.awake()
         self._pings_unanswered = 0
+        self.beats += 1
 
     def _same_kernel(self, msg) -> bool:
         """Notice a restart from the session id ``msg`` carries; False for a stale message.

@@ -95,6 +95,10 @@ class IOLoop:
         """A monotonic clock (seconds) that stops while the loop is stalled."""
         return time.monotonic() - self.stalled
 
+    def is_alive(self) -> bool:
+        """False once the loop has stopped, or its (daemon) thread is gone at interpreter exit."""
+        return self._thread.is_alive() and not self._stopping
+
     def in_loop(self) -> bool:
         """True when called from the I/O thread itself."""
         return threading.current_thread() is self._thread
