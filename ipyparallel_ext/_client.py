@@ -693,7 +693,7 @@ class Client:
             log.warning("the I/O thread did not close this client's connections within %s s", _CLOSE_TIMEOUT)
 
     def _close_on_loop(self) -> None:
-        error = ClientClosed("the Client was closed before this task ran")
+        error = ClientClosed("the Client was closed before this task finished")
         for record in list(self._records.values()):
             # Load-balanced tasks first, so that closing their engines does
             # not send them back to the scheduler's queue.

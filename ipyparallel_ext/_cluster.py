@@ -93,6 +93,23 @@ class _LoopThread:
     def run(self, coro, timeout=None):
         return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
 
+    def close(self, timeout: float = 5.0) -> None:
+        """Cancel what still runs on the loop (auto-restart watchers), stop it, end the thread."""
+
+        async def cancel_the_rest():
+            tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+        if self.thread is threading.current_thread():
+            return  # called from a task on this very loop: it stays (a daemon thread)
+        self.run(cancel_the_rest(), timeout)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(timeout)
+        if not self.thread.is_alive():
+            self.loop.close()
+
 
 _live_clusters: weakref.WeakSet = weakref.WeakSet()
 
@@ -399,16 +416,21 @@ class Cluster:
         return km
 
     @_on_cluster_loop
-    async def start_engines(self, n=None, engine_set_id=None):
+    async def start_engines(self, n=None, engine_set_id=None, **kwargs):
         """Start ``n`` more engines (default ``self.n``, else the number of CPUs); grow a running cluster.
 
         New engines get the next ids and join every client of this cluster.
+        ``kwargs`` are ipyparallel's launcher options, which local engines
+        do not take (any raise TypeError).
 
         Returns
         -------
         str
             The engine set id, for :meth:`stop_engines` and friends.
         """
+        if kwargs:
+            raise TypeError(f"start_engines() got launcher options {sorted(kwargs)}: local engines take"
+                            f" none (set kernel_name=, env=, ip= on the Cluster instead)")
         n = n if n is not None else (self.n if self.n is not None else (os.cpu_count() or 1))
         if engine_set_id is None:
             engine_set_id = f"{int(time.time())}-{uuid.uuid4().hex[:4]}"
@@ -451,11 +473,15 @@ class Cluster:
 
     start_cluster_sync = _blocking(start_cluster)
 
-    async def start_controller(self):
+    async def start_controller(self, **kwargs):
         """There is no controller to start: clients talk to the engines directly (does nothing)."""
+        self.start_controller_sync(**kwargs)
 
-    def start_controller_sync(self):
-        """There is no controller to start (does nothing)."""
+    def start_controller_sync(self, **kwargs):
+        """There is no controller to start (does nothing; controller options warn that they are ignored)."""
+        if kwargs:
+            warnings.warn(f"start_controller({', '.join(sorted(kwargs))}) is ignored: there is no"
+                          f" controller, clients talk to the engines directly", stacklevel=2)
 
     async def stop_controller(self):
         """There is no controller to stop (does nothing)."""
@@ -596,6 +622,13 @@ class Cluster:
         if self._runner is None and not self.engines:
             return
         self._run(self.stop_cluster())
+        self._close_runner()
+
+    def _close_runner(self) -> None:
+        # One thread per started cluster would add up over many start/stop cycles.
+        runner, self._runner = self._runner, None
+        if runner is not None:
+            runner.close()
 
     # -- automatic restart ------------------------------------------------------------------
 
@@ -681,8 +714,15 @@ class Cluster:
         return self
 
     @classmethod
-    def from_file(cls, cluster_file, **kwargs):
-        """A Cluster attached to the engines described in ``cluster_file`` (see ``cluster_file=``)."""
+    def from_file(cls, cluster_file=None, *, profile=None, profile_dir=None, cluster_id="", **kwargs):
+        """A Cluster attached to the engines described in ``cluster_file`` (see ``cluster_file=``).
+
+        ipyparallel finds the file from a profile and cluster id; there are
+        no profiles here, so ``cluster_file`` is required.
+        """
+        if cluster_file is None or profile is not None or profile_dir is not None or cluster_id:
+            raise NotImplementedError("Cluster.from_file: there are no IPython profiles here; pass the"
+                                      " path given as Cluster(cluster_file=...)")
         with open(cluster_file) as f:
             return cls.from_dict(json.load(f), cluster_file=cluster_file, **kwargs)
 
@@ -716,6 +756,7 @@ class Cluster:
 
     async def __aexit__(self, *exc):
         await self.stop_cluster()
+        await asyncio.to_thread(self._close_runner)
 
 
 def _pid(km):
