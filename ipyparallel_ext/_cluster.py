@@ -1,11 +1,16 @@
-"""Cluster: start, restart and stop local engine kernels through jupyter_client.
+"""Cluster: ipyparallel 9's Cluster API over local engine kernels started through jupyter_client.
 
 Engines are started by :class:`jupyter_client.AsyncKernelManager` (so any
-kernelspec and kernel provisioner works), all at once, on a private event
-loop thread; the ``*_sync`` methods are blocking wrappers that work inside
-a notebook's running event loop too.  Engines die with the Python process
-that started them (jupyter_client's ``JPY_PARENT_PID`` poller) and are
-stopped at exit if the user forgot.
+kernelspec and kernel provisioner works), in engine sets (one per
+:meth:`Cluster.start_engines` call, ids never reused), on a private event
+loop thread (:mod:`._launcher`); every async method runs there whoever
+awaits it, and its ``*_sync`` twin blocks on it (inside a notebook's running
+loop too).  Clients attach to a cluster (:meth:`Cluster.attach`) and are
+told about engines started, restarted and stopped later.  With
+``auto_restart=True`` a watcher restarts an engine whose process dies.
+Engines die with the Python process that started them (jupyter_client's
+``JPY_PARENT_PID`` poller) and are stopped at exit if the user forgot;
+:meth:`Cluster.to_dict` lets another process attach to them meanwhile.
 """
 
 from __future__ import annotations
@@ -18,8 +23,6 @@ import json
 import logging
 import os
 import shutil
-import signal
-import sys
 import tempfile
 import threading
 import time
@@ -28,158 +31,22 @@ import warnings
 import weakref
 
 from jupyter_client import AsyncKernelManager
-from jupyter_client.kernelspec import KernelSpec, KernelSpecManager
-from jupyter_core.paths import jupyter_path
 
 from ._client import Client, load_connection_file
 from ._engine import describe_exit
+from ._launcher import ENGINE_ARGS as ENGINE_ARGS  # the CLI's kernelspec uses them
+from ._launcher import ENGINE_KERNEL_NAME, AttachedEngine, EngineSpecManager, LoopThread, ProcessProbe
+from ._launcher import kernel_pid, stop_kernel
 from .error import EngineStartError
-
-ENGINE_KERNEL_NAME = "ipyparallel-ext-engine"
 
 # What clients tell the helpers in engines this module started (stock ipykernel, our args).
 _ENGINE_OPTIONS = {"execute_sleep": 0, "skip_empty_flushes": True}
 _STOP_WAIT = 30.0  # seconds stopping engines may take, beyond starting ones' engine_timeout
-_ATTACHED_STOP_WAIT = 5.0  # seconds an engine of another process gets to exit after SIGTERM
 _WATCH_PERIOD = 0.25  # how often auto_restart polls an engine's process
 _FLAP_SECONDS = 10.0  # a death this soon after a (re)start counts towards giving up
 _FLAP_LIMIT = 3  # auto_restart gives up after this many such deaths in a row
 
-# Arguments our engine kernels run with: stock ipykernel, minus what costs
-# start-up time or per-request latency and gives an engine nothing.
-ENGINE_ARGS = [
-    "-m", "ipykernel_launcher", "-f", "{connection_file}",
-    "--HistoryManager.enabled=False",  # no sqlite history: faster start, no lock contention
-    "--IPythonKernel._execute_sleep=0",
-    "--IPKernelApp.quiet=True",
-]
-
-
-class EngineSpecManager(KernelSpecManager):
-    """Kernelspecs as usual, plus the built-in engine spec for this Python.
-
-    ``ipyparallel-ext-engine`` resolves to an installed spec of that name if
-    there is one (``kernelspec/``), else to this interpreter with
-    :data:`ENGINE_ARGS`, so nothing needs installing to start engines.
-    """
-
-    def get_kernel_spec(self, kernel_name):
-        if kernel_name != ENGINE_KERNEL_NAME:
-            return super().get_kernel_spec(kernel_name)
-        # The general lookup imports ipykernel in this process to find its
-        # bundled spec (half a second); the engine spec is looked up directly.
-        for folder in jupyter_path("kernels"):
-            resource_dir = os.path.join(folder, ENGINE_KERNEL_NAME)
-            if os.path.isfile(os.path.join(resource_dir, "kernel.json")):
-                return KernelSpec.from_resource_dir(resource_dir)
-        return KernelSpec(
-            argv=[sys.executable, *ENGINE_ARGS],
-            display_name="ipyparallel_ext engine",
-            language="python",
-            interrupt_mode="signal",
-            metadata={"debugger": False},
-        )
-
-
-class _LoopThread:
-    """A private asyncio loop in a daemon thread, for the kernel managers."""
-
-    def __init__(self):
-        self.loop = asyncio.new_event_loop()
-        self.thread = threading.Thread(target=self.loop.run_forever, name="ipyparallel_ext-cluster",
-                                       daemon=True)
-        self.thread.start()
-
-    def run(self, coro, timeout=None):
-        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
-
-    def close(self, timeout: float = 5.0) -> None:
-        """Cancel what still runs on the loop (auto-restart watchers), stop it, end the thread."""
-
-        async def cancel_the_rest():
-            tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
-
-        if self.thread is threading.current_thread():
-            return  # called from a task on this very loop: it stays (a daemon thread)
-        self.run(cancel_the_rest(), timeout)
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(timeout)
-        if not self.thread.is_alive():
-            self.loop.close()
-
-
 _live_clusters: weakref.WeakSet = weakref.WeakSet()
-
-
-class _ProcessProbe:
-    """Polls a local engine's process; knows its log, to explain a death."""
-
-    def __init__(self, process, log_path: str):
-        self.process = process
-        self.log_path = log_path
-
-    def __call__(self):
-        return self.process.poll()
-
-    def log_tail(self, lines: int = 5) -> str:
-        """The last lines the engine wrote to its log."""
-        try:
-            with open(self.log_path, "rb") as f:
-                f.seek(max(0, os.path.getsize(self.log_path) - 4096))
-                text = f.read().decode(errors="replace")
-        except OSError:
-            return ""
-        # Every kernel warns about plain TCP at start; that says nothing about a death.
-        kept = [line for line in text.strip().splitlines() if "without encryption" not in line]
-        return "\n".join(kept[-lines:])
-
-
-class _AttachedEngine:
-    """An engine another process started, re-attached by :meth:`Cluster.from_dict`.
-
-    Quacks like the parts of a kernel manager the Cluster uses: it can be
-    signalled and stopped through its pid, not restarted (its manager lives
-    in the process that started it).
-    """
-
-    provisioner = None
-
-    def __init__(self, engine_id: int, connection_file: str, pid: int):
-        self.engine_id = engine_id
-        self.connection_file = connection_file
-        self.pid = pid
-
-    def is_running(self) -> bool:
-        try:
-            os.kill(self.pid, 0)
-        except ProcessLookupError:
-            return False
-        except PermissionError:
-            return True
-        return True
-
-    async def signal_kernel(self, signum) -> None:
-        os.kill(self.pid, signum)
-
-    async def shutdown_kernel(self, now=False, restart=False) -> None:
-        if not self.is_running():
-            return
-        os.kill(self.pid, signal.SIGTERM)
-        deadline = time.monotonic() + _ATTACHED_STOP_WAIT
-        # Not our child: there is no wait() to block on, so look now and then.
-        while self.is_running() and time.monotonic() < deadline:
-            await asyncio.sleep(0.05)
-        if self.is_running():
-            os.kill(self.pid, signal.SIGKILL)
-
-    async def restart_kernel(self, now=False, **kw) -> None:
-        raise NotImplementedError(
-            f"engine {self.engine_id} was started by another process and re-attached with"
-            f" Cluster.from_dict: restart it from the Cluster that started it (its kernel manager"
-            f" lives there), or stop it and start_engines() here")
 
 
 def _check_ipp_options(engines, engine_launcher_class, controller, controller_launcher_class,
@@ -187,8 +54,9 @@ def _check_ipp_options(engines, engine_launcher_class, controller, controller_la
     """Apply the policy for ipyparallel's Cluster arguments that have no meaning here.
 
     A launcher other than local raises (ignoring it would start the wrong
-    engines); a controller option or a profile warns (there is no
-    controller and no profile, so ignoring it changes nothing).
+    engines); a controller option or a profile that asks for something
+    warns (there is no controller and no profile, so ignoring it changes
+    nothing the user can see).
     """
     if engines is not None and engine_launcher_class is not None:
         raise TypeError("Only specify one of 'engines' or 'engine_launcher_class', not both")
@@ -210,7 +78,7 @@ def _check_ipp_options(engines, engine_launcher_class, controller, controller_la
     if controller is not None or controller_launcher_class is not None:
         ignored["controller"] = controller if controller is not None else controller_launcher_class
     for name, value in ignored.items():
-        if value is None:
+        if not value:  # None, '', [], 0, False: asks for nothing we would fail to do
             continue
         why = ("there is no controller: clients talk to the engines directly"
                if name.startswith("controller") or name in ("delay", "send_engines_connection_env")
@@ -318,7 +186,7 @@ class Cluster:
         self.log = log or logging.getLogger(f"ipyparallel_ext.cluster.{self.cluster_id}")
         if log_level is not None:
             self.log.setLevel(log_level)
-        self.engines: dict = {}  # engine id -> AsyncKernelManager (or _AttachedEngine)
+        self.engines: dict = {}  # engine id -> AsyncKernelManager (or AttachedEngine)
         self.engine_sets: dict = {}  # engine set id (start_engines' return value) -> engine ids
         self.engine_options = dict(_ENGINE_OPTIONS)  # what clients tell our engines' helpers
         self._next_id = 0  # engine ids are never reused, as in ipyparallel
@@ -339,9 +207,9 @@ class Cluster:
         """The engines' connection files, in engine id order."""
         return [self.engines[i].connection_file for i in sorted(self.engines)]
 
-    def _loop_thread(self) -> _LoopThread:
+    def _loop_thread(self) -> LoopThread:
         if self._runner is None:
-            self._runner = _LoopThread()
+            self._runner = LoopThread()
         return self._runner
 
     def _run(self, coro):
@@ -380,7 +248,7 @@ class Cluster:
     def _probe(self, engine_id: int):
         km = self.engines[engine_id]
         process = getattr(km.provisioner, "process", None)
-        return None if process is None else _ProcessProbe(process, self._logs[engine_id].name)
+        return None if process is None else ProcessProbe(process, self._logs[engine_id].name)
 
     def _ids(self, engine_set_id) -> list:
         """Engine ids named by an engine set id, an engine id, a list of them, or None (all)."""
@@ -447,7 +315,7 @@ class Cluster:
         errors = [r for r in results if isinstance(r, BaseException)]
         if errors:
             started = [km for km in results if not isinstance(km, BaseException)]
-            await asyncio.gather(*(_stop_kernel(km) for km in started), return_exceptions=True)
+            await asyncio.gather(*(stop_kernel(km) for km in started), return_exceptions=True)
             for i in ids:
                 log = self._logs.pop(i, None)
                 if log is not None:
@@ -587,7 +455,7 @@ class Cluster:
                 members[:] = [i for i in members if i not in ids]
                 if not members:
                     del self.engine_sets[set_id]
-        await asyncio.gather(*(_stop_kernel(km) for km in managers), return_exceptions=True)
+        await asyncio.gather(*(stop_kernel(km) for km in managers), return_exceptions=True)
         for i in ids:
             log = self._logs.pop(i, None)
             if log is not None:
@@ -670,7 +538,7 @@ class Cluster:
         sets = {}
         for set_id, ids in self.engine_sets.items():
             sets[set_id] = {str(i): {"connection_file": self.engines[i].connection_file,
-                                     "pid": _pid(self.engines[i])} for i in ids}
+                                     "pid": kernel_pid(self.engines[i])} for i in ids}
         return {
             "cluster": {"class": f"{type(self).__module__}.{type(self).__qualname__}",
                         "cluster_id": self.cluster_id, "n": self.n, "kernel_name": self.kernel_name,
@@ -699,7 +567,7 @@ class Cluster:
             ids = []
             for key, engine in members.items():
                 eid = int(key)
-                attached = _AttachedEngine(eid, engine["connection_file"], engine["pid"])
+                attached = AttachedEngine(eid, engine["connection_file"], engine["pid"])
                 if attached.pid is None or not attached.is_running() \
                         or not os.path.exists(attached.connection_file):
                     self.log.warning("engine %s of cluster %s is not running (pid %s): left out",
@@ -757,17 +625,6 @@ class Cluster:
     async def __aexit__(self, *exc):
         await self.stop_cluster()
         await asyncio.to_thread(self._close_runner)
-
-
-def _pid(km):
-    return getattr(km, "pid", None) or getattr(getattr(km, "provisioner", None), "pid", None)
-
-
-async def _stop_kernel(km) -> None:
-    try:
-        await km.shutdown_kernel(now=False)
-    except Exception:  # already dead, or never answered: make sure it is gone
-        await km.shutdown_kernel(now=True)
 
 
 @atexit.register

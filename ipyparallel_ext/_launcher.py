@@ -1,0 +1,173 @@
+"""Local engine kernels: the engine kernelspec, the loop thread kernel managers live on, process probes.
+
+What :class:`~._cluster.Cluster` needs to start, watch and stop kernels on
+this machine through jupyter_client, and to stop or signal kernels another
+process started (:class:`AttachedEngine`, for ``Cluster.from_dict``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import sys
+import threading
+import time
+
+from jupyter_client.kernelspec import KernelSpec, KernelSpecManager
+from jupyter_core.paths import jupyter_path
+
+_ATTACHED_STOP_WAIT = 5.0  # seconds an engine of another process gets to exit after SIGTERM
+
+ENGINE_KERNEL_NAME = "ipyparallel-ext-engine"
+
+# Arguments our engine kernels run with: stock ipykernel, minus what costs
+# start-up time or per-request latency and gives an engine nothing.
+ENGINE_ARGS = [
+    "-m", "ipykernel_launcher", "-f", "{connection_file}",
+    "--HistoryManager.enabled=False",  # no sqlite history: faster start, no lock contention
+    "--IPythonKernel._execute_sleep=0",
+    "--IPKernelApp.quiet=True",
+]
+
+
+class EngineSpecManager(KernelSpecManager):
+    """Kernelspecs as usual, plus the built-in engine spec for this Python.
+
+    ``ipyparallel-ext-engine`` resolves to an installed spec of that name if
+    there is one (``kernelspec/``), else to this interpreter with
+    :data:`ENGINE_ARGS`, so nothing needs installing to start engines.
+    """
+
+    def get_kernel_spec(self, kernel_name):
+        if kernel_name != ENGINE_KERNEL_NAME:
+            return super().get_kernel_spec(kernel_name)
+        # The general lookup imports ipykernel in this process to find its
+        # bundled spec (half a second); the engine spec is looked up directly.
+        for folder in jupyter_path("kernels"):
+            resource_dir = os.path.join(folder, ENGINE_KERNEL_NAME)
+            if os.path.isfile(os.path.join(resource_dir, "kernel.json")):
+                return KernelSpec.from_resource_dir(resource_dir)
+        return KernelSpec(
+            argv=[sys.executable, *ENGINE_ARGS],
+            display_name="ipyparallel_ext engine",
+            language="python",
+            interrupt_mode="signal",
+            metadata={"debugger": False},
+        )
+
+
+class LoopThread:
+    """A private asyncio loop in a daemon thread, for the kernel managers."""
+
+    def __init__(self):
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, name="ipyparallel_ext-cluster",
+                                       daemon=True)
+        self.thread.start()
+
+    def run(self, coro, timeout=None):
+        """Run ``coro`` on the loop and wait for its result (from any other thread)."""
+        if threading.current_thread() is self.thread:
+            coro.close()
+            raise RuntimeError("a *_sync Cluster method was called on the cluster's own loop thread,"
+                               " where it would wait for itself: await the async method instead")
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
+
+    def close(self, timeout: float = 5.0) -> None:
+        """Cancel what still runs on the loop (auto-restart watchers), stop it, end the thread."""
+
+        async def cancel_the_rest():
+            tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+        if self.thread is threading.current_thread():
+            return  # called from a task on this very loop: it stays (a daemon thread)
+        self.run(cancel_the_rest(), timeout)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(timeout)
+        if not self.thread.is_alive():
+            self.loop.close()
+
+
+class ProcessProbe:
+    """Polls a local engine's process; knows its log, to explain a death."""
+
+    def __init__(self, process, log_path: str):
+        self.process = process
+        self.log_path = log_path
+
+    def __call__(self):
+        return self.process.poll()
+
+    def log_tail(self, lines: int = 5) -> str:
+        """The last lines the engine wrote to its log."""
+        try:
+            with open(self.log_path, "rb") as f:
+                f.seek(max(0, os.path.getsize(self.log_path) - 4096))
+                text = f.read().decode(errors="replace")
+        except OSError:
+            return ""
+        # Every kernel warns about plain TCP at start; that says nothing about a death.
+        kept = [line for line in text.strip().splitlines() if "without encryption" not in line]
+        return "\n".join(kept[-lines:])
+
+
+class AttachedEngine:
+    """An engine another process started, re-attached by :meth:`Cluster.from_dict`.
+
+    Quacks like the parts of a kernel manager the Cluster uses: it can be
+    signalled and stopped through its pid, not restarted (its manager lives
+    in the process that started it).
+    """
+
+    provisioner = None
+
+    def __init__(self, engine_id: int, connection_file: str, pid: int):
+        self.engine_id = engine_id
+        self.connection_file = connection_file
+        self.pid = pid
+
+    def is_running(self) -> bool:
+        try:
+            os.kill(self.pid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            return True
+        return True
+
+    async def signal_kernel(self, signum) -> None:
+        os.kill(self.pid, signum)
+
+    async def shutdown_kernel(self, now=False, restart=False) -> None:
+        if not self.is_running():
+            return
+        os.kill(self.pid, signal.SIGTERM)
+        deadline = time.monotonic() + _ATTACHED_STOP_WAIT
+        # Not our child: there is no wait() to block on, so look now and then.
+        while self.is_running() and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        if self.is_running():
+            os.kill(self.pid, signal.SIGKILL)
+
+    async def restart_kernel(self, now=False, **kw) -> None:
+        raise NotImplementedError(
+            f"engine {self.engine_id} was started by another process and re-attached with"
+            f" Cluster.from_dict: restart it from the Cluster that started it (its kernel manager"
+            f" lives there), or stop it and start_engines() here")
+
+
+def kernel_pid(km):
+    """The process id of a kernel manager's (or an attached engine's) kernel, or None."""
+    return getattr(km, "pid", None) or getattr(getattr(km, "provisioner", None), "pid", None)
+
+
+async def stop_kernel(km) -> None:
+    """Ask a kernel to shut down; kill it if it does not (or cannot) answer."""
+    try:
+        await km.shutdown_kernel(now=False)
+    except Exception:  # already dead, or never answered: make sure it is gone
+        await km.shutdown_kernel(now=True)
