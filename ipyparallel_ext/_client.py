@@ -25,7 +25,7 @@ from . import _wire, serialize
 from ._asyncresult import AsyncResult
 from ._engine import EngineConnection
 from ._iothread import shared_loop
-from ._record import DONE, MessageRecord
+from ._record import DONE, PENDING, MessageRecord
 from .error import ClientClosed, ConnectionFileError, EngineError, NoEnginesRegistered
 
 log = logging.getLogger("ipyparallel_ext")
@@ -670,7 +670,7 @@ class Client:
         Safe at any moment and from any thread (the I/O thread and
         done-callbacks included), twice, and at interpreter exit.  Work
         still outstanding fails: sent or queued on an engine with
-        :class:`EngineError` ("... client closed"), not yet placed by the
+        :class:`EngineError` ("... client closed"), not yet sent by the
         load balancer with :class:`ClientClosed`.  ``linger`` is accepted for
         ipyparallel's signature: nothing waits to be flushed, since the
         outstanding work fails anyway.
@@ -693,14 +693,14 @@ class Client:
             log.warning("the I/O thread did not close this client's connections within %s s", _CLOSE_TIMEOUT)
 
     def _close_on_loop(self) -> None:
-        error = ClientClosed("the Client was closed before this task finished")
+        error = ClientClosed("the Client was closed before this task was sent to an engine")
         for record in list(self._records.values()):
-            # Load-balanced tasks first, so that closing their engines does
-            # not send them back to the scheduler's queue.
-            if record.state != DONE and hasattr(record, "settle"):
+            # Load-balanced tasks still in the scheduler first: closing the
+            # engines would otherwise fail them as having no engine left.
+            if record.state == PENDING and hasattr(record, "settle"):
                 record.settle("error", error)
         for engine in list(self._engines.values()):
-            engine.close()
+            engine.close()  # its queued and running work: EngineError("... client closed")
         for record in list(self._records.values()):
             if record.state != DONE:  # queued nowhere any more
                 record.finish("error", error)

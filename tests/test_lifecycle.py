@@ -182,8 +182,13 @@ def test_close_with_work_in_flight(cluster, tmp_path):
         for ar in (running, queued):
             with pytest.raises(EngineError, match="client closed"):
                 ar.get(timeout=10)
-        with pytest.raises(ipp.CompositeError, match="ClientClosed: the Client was closed before"):
+        with pytest.raises(ipp.CompositeError) as failed:
             balanced.get(timeout=10)
+        # Tasks still in the load balancer: ClientClosed; those running on engine 1: EngineError.
+        errors = {(ename, evalue) for ename, evalue, _tb, _info in failed.value.elist}
+        assert ("ClientClosed", "the Client was closed before this task was sent to an engine") in errors
+        assert errors <= {("ClientClosed", "the Client was closed before this task was sent to an engine"),
+                          ("EngineError", "engine 1 is no longer connected (client closed)")}
     finally:
         go.touch()  # let the engines' side of the work end
 
