@@ -199,6 +199,18 @@ class Cluster:
         self._flaps: dict = {}  # engine id -> deaths soon after a restart, in a row
         self._spec_manager = EngineSpecManager()
 
+    engine_launcher_class = "local"  # ipyparallel's launcher choice: the only one here
+
+    @property
+    def log_level(self) -> int:
+        """The level of this cluster's logger."""
+        return self.log.level
+
+    @property
+    def engine_set(self):
+        """The ids of the first engine set (most clusters have one), or None, as in ipyparallel."""
+        return next(iter(self.engine_sets.values()), None)
+
     def __repr__(self) -> str:
         return f"<Cluster {self.cluster_id}: {len(self.engines)} engines ({self.kernel_name})>"
 

@@ -86,13 +86,18 @@ KEPT = {
         "add_engine", "call_in_loop", "engine_connection", "engine_dead", "engine_free", "engine_ready",
         "engines_stopping", "get_scheduler", "new_record", "register_view", "resolve_targets", "submit"]},
     # -- Cluster ---------------------------------------------------------------------------
-    **{f"missing: Cluster.{name}": NO_HUB for name in [
-        "controller", "controller_args", "controller_ip", "controller_launcher_class", "controller_location",
-        "start_controller", "stop_controller", "start_controller_sync", "stop_controller_sync",
-        "send_engines_connection_env"]},
-    **{f"missing: Cluster.{name}": NO_PROFILE for name in [
-        "cluster_file", "load_profile", "profile", "profile_config", "profile_dir", "remove_cluster_file",
-        "update_cluster_file", "write_cluster_file", "from_file"]},
+    **{f"missing: Cluster.{name}": NO_HUB + " (Cluster(...) takes these and warns that they are ignored)"
+       for name in ["controller", "controller_args", "controller_ip", "controller_launcher_class",
+                    "controller_location", "send_engines_connection_env", "delay"]},
+    **{f"missing: Cluster.{name}": NO_PROFILE + " (Cluster(cluster_file=...) keeps to_dict() in a file)"
+       for name in ["load_profile", "profile", "profile_config", "profile_dir", "remove_cluster_file",
+                    "update_cluster_file", "write_cluster_file"]},
+    "extra: Cluster.auto_restart": "restart a local engine whose process dies, under the same id",
+    "extra: Cluster.engine_sets": "engine set id -> engine ids (ipyparallel's Cluster.engines maps set ids"
+                                  " to launchers; ours maps engine ids to kernel managers)",
+    "extra: Cluster.attach": PLUMBING,
+    "extra: Cluster.engine_options": PLUMBING,
+    "extra: Cluster.log": "ipyparallel's Cluster.log is a trait (missing from its dir()); ours a plain attribute",
     "extra: Cluster.connection_files": "the engines' kernel connection files (attach a Client or a frontend)",
     "extra: Cluster.kernel_name": "engines are started from any installed kernelspec",
     "extra: Cluster.env": "environment variables for the engine kernels",
@@ -108,27 +113,6 @@ KEPT = {
 # Differences other branches of issue 7 remove: each entry names the branch.  The lead
 # deletes this group after merging them (entries then fail as "no longer a difference").
 PENDING = {
-    # lifecycle (Cluster methods)
-    "missing: Cluster.delay": "lifecycle",
-    "missing: Cluster.engine_launcher_class": "lifecycle",
-    "missing: Cluster.engine_set": "lifecycle",
-    "missing: Cluster.log_level": "lifecycle",
-    "missing: Cluster.from_dict": "lifecycle",
-    "missing: Cluster.to_dict": "lifecycle",
-    "missing: Cluster.restart_engine": "lifecycle",
-    "missing: Cluster.signal_engine": "lifecycle",
-    "missing: Cluster.start_engines": "lifecycle",
-    "missing: Cluster.stop_engine": "lifecycle",
-    "differs: Cluster.restart_engines": "lifecycle",
-    "differs: Cluster.signal_engines": "lifecycle",
-    "differs: Cluster.stop_engines": "lifecycle",
-    "differs: Cluster.restart_engines_sync": "lifecycle",
-    "differs: Cluster.signal_engines_sync": "lifecycle",
-    "differs: Cluster.stop_engines_sync": "lifecycle",
-    "missing: Cluster.restart_engine_sync": "lifecycle",
-    "missing: Cluster.signal_engine_sync": "lifecycle",
-    "missing: Cluster.start_engines_sync": "lifecycle",
-    "missing: Cluster.stop_engine_sync": "lifecycle",
 }
 
 
