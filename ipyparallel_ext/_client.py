@@ -108,6 +108,9 @@ class Client:
                  pickler=None):
         infos = [load_connection_file(f) for f in (connection_files or [])]
         infos += [check_connection_info(dict(i)) for i in (connection_info or [])]
+        if cluster is not None and infos:
+            raise ValueError("pass either cluster= or connection files/info, not both (both number"
+                             " their engines from 0)")
         self._cluster = cluster
         self._engine_options = {}
         self._loop = shared_loop()
@@ -219,8 +222,7 @@ class Client:
         elif not self._closed:
             log.warning("engine %s %s", engine.id, reason)
         with self._ids_changed:
-            if self._engines.get(engine.id, engine) is engine:  # not a replaced connection
-                self._ids = [i for i in self._ids if i != engine.id]
+            self._ids = [i for i in self._ids if i != engine.id]
             self._ids_changed.notify_all()
         for scheduler in self._schedulers:
             scheduler.engines_changed()
