@@ -309,8 +309,12 @@ def test_cluster_arguments_are_never_silently_ignored():
     logger = logging.getLogger("test-cluster-log")
     assert ipp.Cluster(log=logger).log is logger
     assert ipp.Cluster(log_level=logging.DEBUG).log.level == logging.DEBUG
-    with pytest.raises(TypeError, match="launcher options"):
-        ipp.Cluster().start_engines_sync(1, work_dir=".")
+    cluster = ipp.Cluster()
+    try:
+        with pytest.raises(TypeError, match="launcher options"):
+            cluster.start_engines_sync(1, work_dir=".")
+    finally:
+        cluster.stop_cluster_sync()
 
 
 def test_signal_and_stop_engines_by_id_and_by_set(new_cluster, tmp_path):
