@@ -22,6 +22,15 @@ from conftest import alive, getpid, snooze, wait_for_file, wait_until
 CALLBACK_ERRORS = "error in ipyparallel_ext I/O callback"
 
 
+@ipp.interactive  # sent by value: engines cannot import this test module
+def start_then_sleep(path):
+    """Runs on an engine: touch ``path`` (so the test knows it runs), then sleep."""
+    import time
+
+    open(path, "w").close()
+    time.sleep(60)
+
+
 @pytest.fixture
 def new_cluster():
     """``new_cluster(**kwargs)``: a Cluster (not started) that is stopped at teardown whatever happens."""
@@ -177,7 +186,7 @@ def test_close_with_work_in_flight(cluster, tmp_path):
         queued = client[0].apply_async(getpid)
         lv = client.load_balanced_view()
         balanced = lv.map_async(wait_for_file, [str(go)] * 6)
-        assert wait_until(lambda: client.queue_status()[0]["queue"] == 2, timeout=30)
+        assert wait_until(lambda: client.queue_status()[0]["queue"] >= 2, timeout=30)
         client.close()
         for ar in (running, queued):
             with pytest.raises(EngineError, match="client closed"):
@@ -321,9 +330,9 @@ def test_signal_and_stop_engines_by_id_and_by_set(new_cluster, tmp_path):
     cluster = new_cluster(n=2)
     rc = cluster.start_and_connect_sync()
     first = next(iter(cluster.engine_sets))
-    running = rc[1].apply_async(snooze, 30)
-    assert wait_until(lambda: rc.queue_status(1)["queue"] == 1, timeout=30)
-    time.sleep(0.5)  # let the engine start running it
+    started = tmp_path / "started"
+    running = rc[1].apply_async(start_then_sleep, str(started))
+    assert wait_until(started.exists, timeout=30)
     cluster.signal_engine_sync(signal.SIGINT, 1)
     with pytest.raises(ipp.RemoteError, match="KeyboardInterrupt"):
         running.get(timeout=30)
