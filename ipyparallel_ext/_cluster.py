@@ -36,7 +36,7 @@ from ._client import Client, load_connection_file
 from ._engine import describe_exit
 from ._launcher import ENGINE_ARGS as ENGINE_ARGS  # the CLI's kernelspec uses them
 from ._launcher import ENGINE_KERNEL_NAME, AttachedEngine, EngineSpecManager, LoopThread, ProcessProbe
-from ._launcher import kernel_pid, stop_kernel
+from ._launcher import kernel_pid, start_listening, stop_kernel
 from .error import EngineStartError
 
 # What clients tell the helpers in engines this module started (stock ipykernel, our args).
@@ -279,21 +279,32 @@ class Cluster:
 
     # -- starting ----------------------------------------------------------------------
 
-    async def _start_one(self, engine_id: int):
+    def _new_manager(self, engine_id: int) -> AsyncKernelManager:
         km = AsyncKernelManager(kernel_name=self.kernel_name, kernel_spec_manager=self._spec_manager)
         km.ip = self.ip
         km.connection_file = os.path.join(self._folder, f"engine-{engine_id}.json")
-        env = dict(os.environ, **self.env)
+        return km
+
+    def _launch_kwargs(self, engine_id: int) -> dict:
+        log = self._logs[engine_id]
+        return {"env": dict(os.environ, **self.env), "stdout": log, "stderr": log}
+
+    async def _start_one(self, engine_id: int):
         # An engine's own output (kernel warnings, crash messages, C-level
         # prints) goes to its log file, not into whatever cell started it.
         log = open(os.path.join(self._folder, f"engine-{engine_id}.log"), "ab")  # noqa: SIM115
         self._logs[engine_id] = log
+
+        async def start(fresh):
+            km = self._new_manager(engine_id)
+            await km.start_kernel(**self._launch_kwargs(engine_id))
+            return km
+
         try:
-            await km.start_kernel(env=env, stdout=log, stderr=log)
+            return await start_listening(start, log.name, self.engine_timeout)
         except BaseException:
             self._logs.pop(engine_id).close()
             raise
-        return km
 
     @_on_cluster_loop
     async def start_engines(self, n=None, engine_set_id=None, **kwargs):
@@ -428,12 +439,28 @@ class Cluster:
         for eid in ids:
             self._watched.pop(eid, None)
         self._stopping(ids, reason)
-        await asyncio.gather(*(self.engines[i].restart_kernel(now=True) for i in ids))
+        await asyncio.gather(*(self._restart_one(i) for i in ids))
         with self._lock:
             self._announce([i for i in ids if i in self.engines])
         for eid in ids:
             self._watch(eid)
         self._write_cluster_file()
+
+    async def _restart_one(self, engine_id) -> None:
+        km = self.engines[engine_id]
+        if engine_id not in self._logs:  # an engine of another process (from_dict): its manager says why not
+            await km.restart_kernel(now=True)
+            return
+
+        async def start(fresh):
+            if not fresh:
+                await km.restart_kernel(now=True)
+                return km
+            new = self._new_manager(engine_id)
+            await new.start_kernel(**self._launch_kwargs(engine_id))
+            return new
+
+        self.engines[engine_id] = await start_listening(start, self._logs[engine_id].name, self.engine_timeout)
 
     @_on_cluster_loop
     async def signal_engines(self, signum, engine_set_id=None):

@@ -14,10 +14,14 @@ import sys
 import threading
 import time
 
+import zmq
+import zmq.asyncio
 from jupyter_client.kernelspec import KernelSpec, KernelSpecManager
 from jupyter_core.paths import jupyter_path
 
 _ATTACHED_STOP_WAIT = 5.0  # seconds an engine of another process gets to exit after SIGTERM
+_PORT_TRIES = 3  # starts of a kernel on fresh ports before its failure is left to its clients to report
+_EXIT_CHECK = 0.1  # how often a starting kernel's process is checked while its heartbeat is awaited
 
 ENGINE_KERNEL_NAME = "ipyparallel-ext-engine"
 
@@ -171,3 +175,56 @@ async def stop_kernel(km) -> None:
         await km.shutdown_kernel(now=False)
     except Exception:  # already dead, or never answered: make sure it is gone
         await km.shutdown_kernel(now=True)
+
+
+async def start_listening(start, log_path: str, timeout: float):
+    """Start a kernel with ``await start(fresh)`` until it has bound its ports; return its manager.
+
+    jupyter_client picks free ports and the kernel binds them half a second
+    later; meanwhile any other process may take one (outgoing connections
+    use the same port range), and the kernel dies with "Address already in
+    use".  Such a kernel is started again by a fresh manager (``fresh=True``:
+    new ports), as jupyter_client's restarter does with
+    ``random_ports_until_alive``.  A kernel that dies of anything else, or
+    is slow, is left to its clients to report: they name the cause and show
+    the end of its log.
+    """
+    for attempt in range(_PORT_TRIES):
+        log_start = os.path.getsize(log_path) if os.path.exists(log_path) else 0
+        km = await start(attempt > 0)
+        code = await _heartbeat_or_exit(km, timeout)
+        if code is None or attempt == _PORT_TRIES - 1 or not _said_port_taken(log_path, log_start):
+            return km
+        await km.shutdown_kernel(now=True)  # reaps it and frees its connection file for the next
+
+
+async def _heartbeat_or_exit(km, timeout: float):
+    """None once the kernel echoes a heartbeat (its ports are all bound), or its exit code if it dies first."""
+    sock = zmq.asyncio.Context.instance().socket(zmq.DEALER)
+    sock.linger = 0
+    if km.transport == "ipc":
+        sock.connect(f"ipc://{km.ip}-{km.hb_port}")
+    else:
+        sock.connect(f"{km.transport}://{km.ip}:{km.hb_port}")
+    process = getattr(km.provisioner, "process", None)
+    deadline = time.monotonic() + timeout
+    try:
+        await sock.send(b"ping")  # queued until the kernel's heartbeat socket is bound
+        while time.monotonic() < deadline:
+            if await sock.poll(_EXIT_CHECK * 1000):
+                return None
+            if process is not None and process.poll() is not None:
+                return process.returncode
+        return None  # slow, not dead: its clients wait for it and say so
+    finally:
+        sock.close()
+
+
+def _said_port_taken(log_path: str, since: int) -> bool:
+    """True if the kernel's log, from offset ``since``, says a port it was given was taken."""
+    try:
+        with open(log_path, "rb") as f:
+            f.seek(since)
+            return b"Address already in use" in f.read()
+    except OSError:
+        return False

@@ -453,3 +453,45 @@ def _unused_port():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def test_a_kernel_whose_port_was_taken_is_started_again_on_new_ports(tmp_path):
+    import socket
+
+    from jupyter_client import AsyncKernelManager
+
+    from ipyparallel_ext._launcher import start_listening
+
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))  # another process took the port between choice and bind
+    taken.listen()
+    log_path = tmp_path / "kernel.log"
+    managers = []
+
+    async def start(fresh):
+        km = AsyncKernelManager(kernel_name="python3")
+        km.ip = "127.0.0.1"
+        km.connection_file = str(tmp_path / "kernel.json")
+        if not fresh:
+            km.cache_ports = False  # keep the port given here
+            km.shell_port = taken.getsockname()[1]
+        managers.append(km)
+        await km.start_kernel(stdout=log, stderr=log)
+        return km
+
+    async def main():
+        try:
+            km = await start_listening(start, str(log_path), 60)
+            return km, await km.is_alive()
+        finally:
+            for km in managers:
+                await km.shutdown_kernel(now=True)
+
+    with open(log_path, "ab") as log:
+        try:
+            km, alive_after = asyncio.run(main())
+        finally:
+            taken.close()
+    assert len(managers) == 2 and km is managers[1]
+    assert b"Address already in use" in log_path.read_bytes()  # the first start did die of it
+    assert alive_after
