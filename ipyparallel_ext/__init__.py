@@ -8,6 +8,7 @@
 
 from concurrent.futures import ALL_COMPLETED, FIRST_COMPLETED, FIRST_EXCEPTION
 
+from ._asyncresult import AsyncHubResult as AsyncHubResult
 from ._asyncresult import AsyncMapResult as AsyncMapResult
 from ._asyncresult import AsyncResult as AsyncResult
 from ._client import Client as Client
@@ -58,11 +59,6 @@ from .serialize import (
     use_pickle,
 )
 from .util import interactive as interactive
-
-try:
-    from ._asyncresult import AsyncHubResult as AsyncHubResult
-except ImportError:  # until the branch that defines it merges: results of this client only
-    AsyncHubResult = AsyncResult
 
 __version__ = "0.1.0"
 version_info = (0, 1, 0)
