@@ -343,9 +343,16 @@ class EngineConnection:
         return aborted
 
     def _send(self, record) -> None:
-        if record.op in ("execute", "install"):
-            content = _wire.request_content(record.code, silent=record.spec.get("silent", True))
+        if record.op == "install":
+            content = _wire.request_content(record.code)
             metadata = None
+        elif record.op == "execute":
+            # Silent as a request, so the kernel does not echo the code on IOPub;
+            # the engine helpers run it as the spec says (see _engine_code).
+            content = _wire.request_content(record.code)
+            metadata = {"ipp_ext": record.spec}
+            if not record.spec.get("silent", True):
+                record.execute_input = record.code  # what the echo would have said
         else:
             content = _wire.HANDLE_CONTENT
             metadata = {"ipp_ext": record.spec}

@@ -20,6 +20,13 @@ the wrapped ``session.send`` attaches that payload: the result travels on
 the shell channel, in the reply of the request that made it, as
 pickle-protocol-5 frames with out-of-band buffers.
 
+Cells sent by ``execute()`` and ``%px`` are served here too: the request
+says silent (the kernel then skips echoing the code on IOPub, which costs
+each engine a message per cell) and ``metadata["ipp_ext"]`` says whether to
+run it silently; :func:`_serve` runs it with ``shell.run_cell``, as the
+kernel runs any cell without top-level ``await``, and builds the kernel's
+reply (execution count, error, payload).
+
 Everything private to ipykernel that this needs (the request being served,
 ``session.send``, ``do_execute``, the output streams' flush) is reached
 through one :class:`KernelAdapter`, checked when the helpers are installed.
@@ -358,7 +365,10 @@ class KernelAdapter:
     - ``kernel.session.send`` (its ``msg_or_type`` and ``parent``
       parameters), wrapped: results ride on the execute_reply, outputs are
       counted;
-    - ``kernel.do_execute``, wrapped: helper requests skip the cell machinery;
+    - ``kernel.do_execute``, wrapped: helper requests skip the cell machinery,
+      and execute cells run from there (with ``kernel._forward_input`` /
+      ``_restore_input`` when present, and the shell's ``_last_traceback``
+      and ``_last_traceback_during_displayhook``, as ipykernel's own);
     - ``kernel.iopub_socket``: :func:`publish_data`'s messages;
     - ``kernel._execute_sleep`` (when present): 0 on engines a Cluster started;
     - the ``_flush``, ``_flush_pending``, ``_subprocess_flush_pending`` and
@@ -413,13 +423,21 @@ class KernelAdapter:
     # -- hooks -----------------------------------------------------------------------
 
     def hook_execute(self, serve):
-        """Wrap ``do_execute``: ``serve(code)`` returns the reply content, or None to run the cell."""
+        """Wrap ``do_execute``: ``serve(code)`` decides who runs the cell.
+
+        It returns the reply content (served), None (the kernel runs the
+        cell as sent) or a :class:`CellArguments` (the kernel runs it with
+        those ``do_execute`` arguments changed).
+        """
 
         def make(inner, live):
             async def do_execute(*args, **kwargs):
                 if live:
                     reply = serve(args[0] if args else kwargs.get("code"))
-                    if reply is not None:
+                    if type(reply) is CellArguments:
+                        for name, value in reply.items():
+                            args, kwargs = _with_arg(args, kwargs, _DO_EXECUTE_POSITIONS[name], name, value)
+                    elif reply is not None:
                         return reply
                 reply = inner(*args, **kwargs)
                 return (await reply) if inspect.isawaitable(reply) else reply
@@ -499,6 +517,32 @@ class KernelAdapter:
 
             _chain(stream, "_flush", make_private_flush)
             _chain(stream, "flush", make_flush)
+
+    def run_cell(self, code, silent):
+        """Run ``code`` as the kernel runs a cell that needs no event loop; the ExecutionResult.
+
+        What ipykernel's ``do_execute`` does around ``shell.run_cell`` for such
+        a cell: ``input()`` and ``getpass()`` raise (the client cannot answer
+        them) instead of reading the kernel's own stdin.
+        """
+        kernel = self.kernel
+        forward = getattr(kernel, "_forward_input", None)
+        if forward is None or not hasattr(kernel, "_restore_input"):
+            return self.shell.run_cell(code, store_history=not silent, silent=silent)
+        forward(False)
+        try:
+            return self.shell.run_cell(code, store_history=not silent, silent=silent)
+        finally:
+            kernel._restore_input()
+
+    def take_payload(self):
+        """The payloads the last cell left (``set_next_input``, ``page``...), cleared as ipykernel does."""
+        manager = getattr(self.shell, "payload_manager", None)
+        if manager is None:
+            return []
+        payload = manager.read_payload()
+        manager.clear_payload()
+        return payload
 
     def set_execute_sleep(self, seconds):
         """Set the pause after each request (it lets output flush; our replies count outputs)."""
@@ -681,6 +725,14 @@ def handle():
     _pending[parent["header"]["msg_id"]] = (md, out)
 
 
+class CellArguments(dict):
+    """``do_execute`` arguments to change before the kernel runs a cell itself (see ``hook_execute``)."""
+
+
+# Positions of do_execute's parameters that CellArguments may change (ipykernel's signature).
+_DO_EXECUTE_POSITIONS = {"code": 0, "silent": 1, "store_history": 2}
+
+
 def _reply_content(error=None):
     content = {"status": "ok", "execution_count": _adapter.shell.execution_count,
                "user_expressions": {}, "payload": []}
@@ -694,18 +746,43 @@ def _serve(code):
 
     A helper request's code is always exactly :data:`HANDLE_CODE`.  Running
     it through ``run_cell`` (input transformers, parsing, compiling,
-    display hooks) costs more than the work itself.  Returns the reply
-    content, or None for any other cell (the kernel runs it).  Every
-    request's outputs are counted from here on.
+    display hooks) costs more than the work itself.  A cell sent by
+    ``execute()`` or ``%px`` (metadata ``ipp_ext`` with op ``execute``) runs
+    here through ``shell.run_cell``, as the kernel would run it, unless it
+    may need the kernel's event loop (top-level ``await``): then the kernel
+    runs it.  Returns the reply content, None or :class:`CellArguments`
+    (see :meth:`KernelAdapter.hook_execute`).  Every request's outputs are
+    counted from here on.
     """
-    _output_counts[_adapter.parent()["header"]["msg_id"]] = 0
-    if code != HANDLE_CODE:
-        return None
-    try:
-        handle()
-    except BaseException as exc:  # noqa: BLE001 - reported to the client, kernel goes on
-        return _reply_content(_format_error(type(exc), exc, exc.__traceback__))
-    return _reply_content()
+    parent = _adapter.parent()
+    _output_counts[parent["header"]["msg_id"]] = 0
+    if code == HANDLE_CODE:
+        try:
+            handle()
+        except BaseException as exc:  # noqa: BLE001 - reported to the client, kernel goes on
+            return _reply_content(_format_error(type(exc), exc, exc.__traceback__))
+        return _reply_content()
+    spec = (parent.get("metadata") or {}).get("ipp_ext")
+    if spec is None or spec.get("op") != "execute":
+        return None  # someone else's cell
+    # The request itself says silent (so the kernel does not echo it on
+    # IOPub); the spec says how to run it.
+    silent = bool(spec.get("silent", True))
+    if "await" in code or "async" in code:
+        return CellArguments(silent=silent, store_history=not silent)
+    return _cell_reply(_adapter.run_cell(code, silent))
+
+
+def _cell_reply(result):
+    """The execute_reply content for a cell's ExecutionResult, as ipykernel's ``do_execute`` makes it."""
+    shell = _adapter.shell
+    content = {"status": "ok", "execution_count": shell.execution_count - 1, "user_expressions": {},
+               "payload": _adapter.take_payload()}
+    if not result.success or getattr(shell, "_last_traceback_during_displayhook", False):
+        error = result.error_before_exec if result.error_before_exec is not None else result.error_in_exec
+        content.update(status="error", traceback=getattr(shell, "_last_traceback", None) or [],
+                       ename=type(error).__name__, evalue=str(error))
+    return content
 
 
 def _output_parent(msg_or_type, parent):
