@@ -36,6 +36,7 @@ never per request:
 from __future__ import annotations
 
 import collections
+import datetime
 import logging
 import signal
 import time
@@ -503,9 +504,12 @@ def _seconds(value):
     if value is None or isinstance(value, (int, float)):
         return value
     if isinstance(value, str):
-        from jupyter_client.jsonutil import parse_date
+        try:  # what ipykernel sends ('2026-11-29T15:35:13.123456Z'), 20 times faster than dateutil
+            value = datetime.datetime.fromisoformat(value)
+        except ValueError:  # other ISO 8601 forms (and Python < 3.11 with a 'Z')
+            from jupyter_client.jsonutil import parse_date
 
-        value = parse_date(value)
+            value = parse_date(value)
     try:
         return value.timestamp()
     except AttributeError:

@@ -68,6 +68,10 @@ class IOLoop:
         self._calls: collections.deque = collections.deque()
         self._timers: list = []
         self._timer_seq = itertools.count()
+        # True from a wake-up byte's write until the loop starts running calls:
+        # calls scheduled meanwhile need no byte of their own (a write is a
+        # system call, and lets the loop take the GIL from the caller).
+        self._wake_pending = False
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_r, False)
         os.set_blocking(self._wake_w, False)
@@ -83,6 +87,9 @@ class IOLoop:
     def call_soon(self, fn, *args) -> None:
         """Run ``fn(*args)`` on the I/O thread, soon."""
         self._calls.append((fn, args))
+        if self._wake_pending:
+            return  # the loop has not started on the calls yet: it runs this one too
+        self._wake_pending = True
         try:
             os.write(self._wake_w, b"\0")
         except BlockingIOError:
@@ -197,6 +204,7 @@ class IOLoop:
             pass
 
     def _run_calls(self) -> None:
+        self._wake_pending = False  # before the first pop: a call appended after it writes a byte
         calls = self._calls
         while calls:
             fn, args = calls.popleft()
