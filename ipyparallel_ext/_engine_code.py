@@ -37,6 +37,7 @@ import inspect
 import io
 import marshal
 import pickle
+import re
 import sys
 import threading
 import time
@@ -729,6 +730,9 @@ class CellArguments(dict):
     """``do_execute`` arguments to change before the kernel runs a cell itself (see ``hook_execute``)."""
 
 
+# A cell with these words may need the kernel's event loop (top-level await).
+_MAY_AWAIT = re.compile(r"\b(?:await|async)\b")
+
 # Positions of do_execute's parameters that CellArguments may change (ipykernel's signature).
 _DO_EXECUTE_POSITIONS = {"code": 0, "silent": 1, "store_history": 2}
 
@@ -768,9 +772,13 @@ def _serve(code):
     # The request itself says silent (so the kernel does not echo it on
     # IOPub); the spec says how to run it.
     silent = bool(spec.get("silent", True))
-    if "await" in code or "async" in code:
+    if _MAY_AWAIT.search(code):
         return CellArguments(silent=silent, store_history=not silent)
-    return _cell_reply(_adapter.run_cell(code, silent))
+    try:
+        result = _adapter.run_cell(code, silent)
+    except BaseException as exc:  # noqa: BLE001 - an interrupt outside the user's code: still a reply
+        return _reply_content(_format_error(type(exc), exc, exc.__traceback__))
+    return _cell_reply(result)
 
 
 def _cell_reply(result):
