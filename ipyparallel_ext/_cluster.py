@@ -40,7 +40,7 @@ from ._launcher import kernel_pid, start_listening, stop_kernel
 from .error import EngineStartError
 
 # What clients tell the helpers in engines this module started (stock ipykernel, our args).
-_ENGINE_OPTIONS = {"execute_sleep": 0, "skip_empty_flushes": True}
+_ENGINE_OPTIONS = {"execute_sleep": 0, "skip_empty_flushes": True, "skip_unused_log_records": True}
 _STOP_WAIT = 30.0  # seconds stopping engines may take, beyond starting ones' engine_timeout
 _WATCH_PERIOD = 0.25  # how often auto_restart polls an engine's process
 _FLAP_SECONDS = 10.0  # a death this soon after a (re)start counts towards giving up

@@ -35,6 +35,7 @@ through one :class:`KernelAdapter`, checked when the helpers are installed.
 import builtins
 import inspect
 import io
+import logging
 import marshal
 import pickle
 import re
@@ -375,7 +376,9 @@ class KernelAdapter:
     - the ``_flush``, ``_flush_pending``, ``_subprocess_flush_pending`` and
       ``_buffers`` of ``sys.stdout``/``sys.stderr`` (ipykernel's OutStream):
       the flush after each request is skipped when there is nothing to send
-      (engines a Cluster started; streams without them keep the stock flush).
+      (engines a Cluster started; streams without them keep the stock flush);
+    - ``kernel.log``: its level is raised to what its handlers emit (engines a
+      Cluster started).
 
     Built inside the install request; a missing piece raises
     :class:`IncompatibleKernel` naming it, so the install fails with that
@@ -544,6 +547,26 @@ class KernelAdapter:
         payload = manager.read_payload()
         manager.clear_payload()
         return payload
+
+    def skip_unused_log_records(self):
+        """Raise the kernel logger's level to the lowest level its handlers emit.
+
+        traitlets applications set their logger to DEBUG and filter at the
+        handler (WARNING by default), so each debug call of the kernel's
+        message loop (four per request) builds a record that no handler
+        emits.  Changing the kernel's ``log_level`` later reconfigures the
+        logger (back to DEBUG), so nothing that would be shown is lost.
+        """
+        logger = getattr(self.kernel.log, "logger", self.kernel.log)  # a LoggerAdapter's logger
+        if not isinstance(logger, logging.Logger):
+            return
+        levels = []
+        current = logger
+        while current is not None:
+            levels.extend(handler.level for handler in current.handlers)
+            current = current.parent if current.propagate else None
+        if levels and min(levels) > logger.getEffectiveLevel():
+            logger.setLevel(min(levels))
 
     def set_execute_sleep(self, seconds):
         """Set the pause after each request (it lets output flush; our replies count outputs)."""
@@ -891,6 +914,8 @@ def install(options):
     adapter.hook_send(_edit_message)
     if options.get("skip_empty_flushes"):
         adapter.skip_empty_flushes()
+    if options.get("skip_unused_log_records"):
+        adapter.skip_unused_log_records()
     if "execute_sleep" in options:
         # The post-execute sleep exists to let output flush before the reply;
         # our engines' replies count their outputs, so it only adds latency.
