@@ -15,11 +15,15 @@ TIMEOUT = 30
 
 
 @ipp.interactive
-def engine_history():
-    """Runs on an engine: its execution count, In, Out and the _i<n> names."""
-    shell = get_ipython()  # noqa: F821 - the engine's
-    ns = shell.user_ns
-    return shell.execution_count, list(ns["In"]), dict(ns["Out"]), {k: v for k, v in ns.items() if k[:2] == "_i"}
+def engine_history(n=None):
+    """Runs on an engine: its execution count, and cell ``n``'s input, output and ``_i<n>``.
+
+    Also whether any input in the history starts with ``hc_x * 2``.
+    """
+    ns = get_ipython().user_ns  # noqa: F821 - the engine's
+    inputs = ns["In"]
+    cell = (inputs[n] if n is not None and n < len(inputs) else None, ns["Out"].get(n), ns.get(f"_i{n}"))
+    return get_ipython().execution_count, cell, any(i.startswith("hc_x * 2") for i in inputs)  # noqa: F821
 
 
 def test_cells_keep_the_engines_history_and_counts(rc):
@@ -29,10 +33,9 @@ def test_cells_keep_the_engines_history_and_counts(rc):
     assert reply.execution_count == count and reply.data == {"text/plain": "21"}
     # Silent code is not a cell of the history, and reports the last count.
     assert e0.execute("hc_x * 2").get(TIMEOUT).execution_count == count
-    n, inputs, outputs, names = e0.apply_sync(engine_history)
-    assert n == count + 1
-    assert inputs[count] == names[f"_i{count}"] == "hc_x = 20\nhc_x + 1" and outputs[count] == 21
-    assert "hc_x * 2" not in inputs
+    n, cell, silent_code_in_history = e0.apply_sync(engine_history, count)
+    assert n == count + 1 and not silent_code_in_history
+    assert cell == ("hc_x = 20\nhc_x + 1", 21, "hc_x = 20\nhc_x + 1")
 
 
 def test_cell_errors_and_input_are_the_kernels(rc):
@@ -54,7 +57,7 @@ def test_top_level_await_runs_on_the_kernels_loop(rc, dv):
                          silent=False).get(TIMEOUT)
     counts = [r.execution_count for r in replies]
     assert [r.data for r in replies] == [{"text/plain": "6"}] * 2
-    assert [h[2][c] for h, c in zip(dv.apply_sync(engine_history), counts)] == [6, 6]
+    assert [rc[i].apply_sync(engine_history, c)[1][1] for i, c in zip(rc.ids, counts)] == [6, 6]
     # Silent, too.
     dv.execute("await asyncio.sleep(0)\naw_y = aw_x + 1", block=True)
     assert dv.pull("aw_y", block=True) == [4, 4]
