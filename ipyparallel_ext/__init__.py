@@ -12,7 +12,7 @@ from ._asyncresult import AsyncHubResult as AsyncHubResult
 from ._asyncresult import AsyncMapResult as AsyncMapResult
 from ._asyncresult import AsyncResult as AsyncResult
 from ._client import Client as Client
-from ._cluster import Cluster as Cluster
+from .cluster import Cluster as Cluster
 from ._dependency import Dependency as Dependency
 from ._dependency import depend as depend
 from ._dependency import dependent as dependent

@@ -8,7 +8,7 @@ One sub-command per function, registered in :data:`COMMANDS`; adding one
 installs the project's kernel specs (see ``kernelspec/`` in the repository):
 
 - ``ipyparallel-ext-engine``: the engines' spec, stock ipykernel with
-  :data:`~._cluster.ENGINE_ARGS` (what :class:`Cluster` uses by default);
+  :data:`~.cluster._local.ENGINE_ARGS` (what :class:`Cluster` uses by default);
 - ``python3-parallel``, "Python 3 (parallel)": a notebook kernel that loads
   the ``%px`` magics at start.
 """
@@ -21,7 +21,7 @@ import os
 import sys
 import tempfile
 
-from ._cluster import ENGINE_ARGS, ENGINE_KERNEL_NAME
+from .cluster._local import ENGINE_ARGS, ENGINE_KERNEL_NAME
 
 PARALLEL_KERNEL_NAME = "python3-parallel"
 

@@ -26,7 +26,7 @@ def _default_view():
     """
     with _default_lock:
         if "view" not in _default:
-            from ._cluster import Cluster
+            from .cluster import Cluster
 
             cluster = Cluster()
             client = cluster.start_and_connect_sync()

@@ -460,7 +460,7 @@ def test_a_kernel_whose_port_was_taken_is_started_again_on_new_ports(tmp_path):
 
     from jupyter_client import AsyncKernelManager
 
-    from ipyparallel_ext._launcher import start_listening
+    from ipyparallel_ext.cluster._local import start_listening
 
     taken = socket.socket()
     taken.bind(("127.0.0.1", 0))  # another process took the port between choice and bind

@@ -49,7 +49,7 @@ def test_repository_kernelspecs_are_what_the_cli_installs():
 
     for name, spec in _cli.kernel_specs("python").items():
         assert json.loads((REPO / "kernelspec" / name / "kernel.json").read_text()) == spec
-    from ipyparallel_ext._cluster import ENGINE_ARGS
+    from ipyparallel_ext.cluster._local import ENGINE_ARGS
 
     assert _cli.kernel_specs("python")["ipyparallel-ext-engine"]["argv"][1:] == ENGINE_ARGS
 

@@ -3,7 +3,7 @@
 Engines are started by :class:`jupyter_client.AsyncKernelManager` (so any
 kernelspec and kernel provisioner works), in engine sets (one per
 :meth:`Cluster.start_engines` call, ids never reused), on a private event
-loop thread (:mod:`._launcher`); every async method runs there whoever
+loop thread (:mod:`._local`); every async method runs there whoever
 awaits it, and its ``*_sync`` twin blocks on it (inside a notebook's running
 loop too).  Clients attach to a cluster (:meth:`Cluster.attach`) and are
 told about engines started, restarted and stopped later.  With
@@ -32,12 +32,12 @@ import weakref
 
 from jupyter_client import AsyncKernelManager
 
-from ._client import Client, load_connection_file
-from ._engine import describe_exit
-from ._launcher import ENGINE_ARGS as ENGINE_ARGS  # the CLI's kernelspec uses them
-from ._launcher import ENGINE_KERNEL_NAME, AttachedEngine, EngineSpecManager, LoopThread, ProcessProbe
-from ._launcher import kernel_pid, start_listening, stop_kernel
-from .error import EngineStartError
+from .._client import Client, load_connection_file
+from .._engine import describe_exit
+from ._local import ENGINE_ARGS as ENGINE_ARGS  # the CLI's kernelspec uses them
+from ._local import ENGINE_KERNEL_NAME, AttachedEngine, EngineSpecManager, LoopThread, ProcessProbe
+from ._local import kernel_pid, start_listening, stop_kernel
+from ..error import EngineStartError
 
 # What clients tell the helpers in engines this module started (stock ipykernel, our args).
 _ENGINE_OPTIONS = {"execute_sleep": 0, "skip_empty_flushes": True, "skip_unused_log_records": True}
