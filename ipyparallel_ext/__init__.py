@@ -13,6 +13,7 @@ from ._asyncresult import AsyncMapResult as AsyncMapResult
 from ._asyncresult import AsyncResult as AsyncResult
 from ._client import Client as Client
 from .cluster import Cluster as Cluster
+from .cluster import ClusterManager as ClusterManager
 from ._dependency import Dependency as Dependency
 from ._dependency import depend as depend
 from ._dependency import dependent as dependent
@@ -66,6 +67,7 @@ version_info = (0, 1, 0)
 __all__ = [
     "ALL_COMPLETED", "FIRST_COMPLETED", "FIRST_EXCEPTION",
     "AlreadyDisplayedError", "AsyncHubResult", "AsyncMapResult", "AsyncResult", "BroadcastView", "Client", "Cluster",
+    "ClusterManager",
     "CompositeError", "Dependency", "DependencyTimeout", "DirectView", "EngineError", "IPythonError",
     "ImpossibleDependency", "InvalidDependency", "KernelError", "LoadBalancedView", "NoEnginesRegistered",
     "ParallelFunction", "PrePickled", "Reference", "RemoteError", "RemoteFunction", "TaskAborted",

@@ -11,6 +11,12 @@ installs the project's kernel specs (see ``kernelspec/`` in the repository):
   :data:`~.cluster._local.ENGINE_ARGS` (what :class:`Cluster` uses by default);
 - ``python3-parallel``, "Python 3 (parallel)": a notebook kernel that loads
   the ``%px`` magics at start.
+
+``ipyparallel-ext cluster start | stop | list | scale | add`` manage clusters
+that outlive the process that started them (see :func:`_cluster_run`); they
+exit 0 on success and 1 with a message on stderr when they cannot do it
+(no such cluster, none running, an engine that would not start), 2 on a
+usage error.
 """
 
 from __future__ import annotations
@@ -18,8 +24,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
+import subprocess
 import sys
 import tempfile
+import time
+import uuid
 
 from .cluster._local import ENGINE_ARGS, ENGINE_KERNEL_NAME
 
@@ -101,8 +111,183 @@ def _demo_run(args) -> int:
     return demo(args.n)
 
 
+# -- cluster ---------------------------------------------------------------------------------
+
+_STOP_WAIT = 30.0  # seconds `cluster stop` waits for a supervisor to stop its engines and exit
+
+
+def _cluster_arguments(parser: argparse.ArgumentParser) -> None:
+    actions = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
+    start = actions.add_parser("start", help="start engines and the supervisor that owns them")
+    start.add_argument("-n", type=int, default=None, help="how many engines (default: the number of CPUs)")
+    start.add_argument("--cluster-id", help="the cluster's id (default: a random one)")
+    start.add_argument("--kernel", default=None, help="kernelspec of the engines (default: the engine spec)")
+    start.add_argument("--daemonize", action="store_true",
+                       help="run the supervisor in the background; return once the engines run")
+    start.add_argument("--restart-engines", action="store_true", help="restart engines that die")
+    start.add_argument("--engine-timeout", type=float, default=60.0,
+                       help="seconds an engine may take to start (default 60)")
+    stop = actions.add_parser("stop", help="stop a cluster's engines and its supervisor")
+    which = stop.add_mutually_exclusive_group()
+    which.add_argument("--cluster-id", help="the cluster to stop (default: the one running)")
+    which.add_argument("--all", action="store_true", help="stop every running cluster")
+    listing = actions.add_parser("list", help="list running clusters (removes files of dead ones)")
+    listing.add_argument("--json", action="store_true", help="one JSON object per cluster id, for tools")
+    scale = actions.add_parser("scale", help="grow or shrink a cluster to N engines")
+    scale.add_argument("--cluster-id", help="the cluster (default: the one running)")
+    scale.add_argument("-n", type=int, required=True, help="how many engines it should have")
+    add = actions.add_parser("add", help="start N more engines in a cluster")
+    add.add_argument("--cluster-id", help="the cluster (default: the one running)")
+    add.add_argument("-n", type=int, required=True, help="how many engines to add")
+
+
+def _cluster_run(args) -> int:
+    from .cluster._supervisor import ControlError
+    from .error import EngineStartError
+
+    try:
+        return _CLUSTER_ACTIONS[args.action](args)
+    except (FileNotFoundError, ValueError, ControlError, EngineStartError) as exc:
+        print(f"ipyparallel-ext cluster {args.action}: {exc}", file=sys.stderr)
+        return 1
+
+
+def _cluster_start(args) -> int:
+    from .cluster import _files
+    from .cluster._supervisor import supervise
+
+    cluster_id = args.cluster_id or uuid.uuid4().hex[:8]
+    if not args.daemonize:
+        def ready(cluster):
+            print(f"cluster {cluster_id} started: {len(cluster.engines)} engines (pid {os.getpid()});"
+                  f" Ctrl-C stops it", flush=True)
+
+        return supervise(args.n, cluster_id, args.kernel, args.restart_engines, args.engine_timeout,
+                         on_ready=ready)
+    if cluster_id in _files.running_cluster_files():
+        raise ValueError(f"a cluster with id {cluster_id!r} is already running")
+    argv = [sys.executable, "-m", "ipyparallel_ext.cluster._supervisor", "--cluster-id", cluster_id,
+            "--engine-timeout", str(args.engine_timeout)]
+    argv += [] if args.n is None else ["-n", str(args.n)]
+    argv += [] if args.kernel is None else ["--kernel", args.kernel]
+    argv += ["--restart-engines"] if args.restart_engines else []
+    log_path = _files.log_file_path(cluster_id)
+    log_fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    with open(log_fd, "ab") as log, open(os.devnull, "rb") as devnull:
+        process = subprocess.Popen(argv, stdin=devnull, stdout=log, stderr=subprocess.STDOUT,
+                                   start_new_session=True)  # Ctrl-C in this terminal is not for it
+    path = _files.cluster_file_path(cluster_id)
+    deadline = time.monotonic() + args.engine_timeout + _STOP_WAIT
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            with open(log_path, errors="replace") as f:
+                tail = "".join(f.readlines()[-10:])
+            raise ValueError(f"the supervisor exited with status {process.returncode}; its log"
+                             f" ({log_path}) ends:\n{tail}")
+        if os.path.exists(path):
+            data = _files.read_cluster_file(path)
+            engines = sum(len(s) for s in data["engines"]["sets"].values())
+            print(f"cluster {cluster_id} started: {engines} engines (supervisor pid {process.pid},"
+                  f" log {log_path})")
+            return 0
+        time.sleep(0.1)
+    process.terminate()
+    raise ValueError(f"cluster {cluster_id} did not start within {deadline} s (log: {log_path})")
+
+
+def _chosen(args, running) -> list:
+    """The (id, path, data) of the clusters an action names (--cluster-id, --all, or the one running)."""
+    from .cluster import _files
+
+    if getattr(args, "all", False):
+        return [(cid, *running[cid]) for cid in sorted(running)]
+    path = _files.find_cluster_file(args.cluster_id)
+    data = _files.read_cluster_file(path)
+    return [(data["cluster"]["cluster_id"], path, data)]
+
+
+def _cluster_stop(args) -> int:
+    from .cluster import _files
+    from .cluster._supervisor import ControlError, request
+
+    running = _files.running_cluster_files()
+    for cluster_id, path, data in _chosen(args, running):
+        supervisor = data["cluster"]["supervisor"]
+        pid = supervisor["pid"]
+        try:
+            request(supervisor, "stop", timeout=5.0)
+        except ControlError:
+            os.kill(pid, signal.SIGTERM)  # not answering: its signal handler stops the engines too
+        deadline = time.monotonic() + _STOP_WAIT
+        while _files.pid_alive(pid) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        if _files.pid_alive(pid):
+            os.kill(pid, signal.SIGKILL)  # its engines follow it (their parent poller)
+        _files.remove_leftovers(path, data)
+        print(f"cluster {cluster_id} stopped")
+    return 0
+
+
+def _summary(cluster_id, data) -> dict:
+    from .cluster import _files
+
+    engines = [e for members in data["engines"]["sets"].values() for e in members.values()]
+    alive = sum(1 for e in engines if e.get("state") == "running" and _files.pid_alive(e.get("pid")))
+    supervisor = data["cluster"]["supervisor"]
+    return {"cluster_id": cluster_id, "engines_alive": alive, "engines": len(engines),
+            "launcher": data["engines"]["class"], "kernel_name": data["cluster"]["kernel_name"],
+            "supervisor_pid": supervisor["pid"], "host": supervisor["host"],
+            "uptime": round(time.time() - supervisor["start_time"], 1)}
+
+
+def _uptime(seconds: float) -> str:
+    minutes, secs = divmod(int(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}:{minutes:02d}:{secs:02d}"
+
+
+def _cluster_list(args) -> int:
+    from .cluster import _files
+
+    rows = [_summary(cid, data) for cid, (_path, data) in sorted(_files.running_cluster_files().items())]
+    if args.json:
+        print(json.dumps({row["cluster_id"]: row for row in rows}, indent=1))
+        return 0
+    print(f"{'CLUSTER':<16} {'ENGINES':>8}  {'LAUNCHER':<8} {'UPTIME':>9}  PID")
+    for row in rows:
+        print(f"{row['cluster_id']:<16} {row['engines_alive']:>3}/{row['engines']:<4}  {row['launcher']:<8}"
+              f" {_uptime(row['uptime']):>9}  {row['supervisor_pid']}")
+    return 0
+
+
+def _cluster_change(args) -> int:
+    from .cluster import _files
+    from .cluster._supervisor import request
+
+    for cluster_id, _path, data in _chosen(args, _files.running_cluster_files()):
+        if args.n < 0:
+            raise ValueError(f"-n {args.n}: a number of engines is at least 0")
+        answer = request(data["cluster"]["supervisor"], args.action, timeout=_request_timeout(data), n=args.n)
+        print(f"cluster {cluster_id}: {len(answer['engines'])} engines")
+    return 0
+
+
+def _request_timeout(data) -> float:
+    """How long a request that starts or stops engines of the cluster in ``data`` may take."""
+    return float(data["cluster"].get("engine_timeout") or 60) + _STOP_WAIT
+
+
+_CLUSTER_ACTIONS = {"start": _cluster_start, "stop": _cluster_stop, "list": _cluster_list,
+                    "scale": _cluster_change, "add": _cluster_change}
+
+
 # name -> (help, add_arguments(parser), run(args) -> exit status)
 COMMANDS = {
+    "cluster": (
+        "start, stop, list and scale clusters that outlive the process that started them",
+        _cluster_arguments,
+        _cluster_run,
+    ),
     "demo": (
         "start local engines, run apply/map/push/pull/scatter/gather on them, print results and timings",
         _demo_arguments,

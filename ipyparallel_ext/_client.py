@@ -31,6 +31,7 @@ from .error import ClientClosed, ConnectionFileError, EngineError, NoEnginesRegi
 log = logging.getLogger("ipyparallel_ext")
 
 _CLOSE_TIMEOUT = 5.0  # seconds close() waits for the I/O thread
+_CLUSTER_FILE_CHECK = 1.0  # seconds between looks at a supervised cluster's file (engines joining, leaving)
 
 # Clients still open, closed at interpreter exit (weakly held: a dropped client goes).
 _live_clients: weakref.WeakSet = weakref.WeakSet()
@@ -95,6 +96,11 @@ class Client(RequestHistory):
         Attach to a :class:`Cluster`'s engines (what
         :meth:`Cluster.connect_client` does): engines it starts or restarts
         later join this client too.
+    cluster_id : str, optional
+        Attach to the running cluster of this id (``ipyparallel-ext cluster
+        start``; ``cluster list`` shows them).  With no engines named at all,
+        ``Client()`` attaches to the one running cluster, as ipyparallel's
+        does; engines that cluster starts later join this client.
     pickler : {'pickle', 'dill', 'cloudpickle'}, optional
         How payloads are pickled (see :meth:`DirectView.use_dill`); by
         default the process-wide choice of ``ipyparallel_ext.use_dill()`` & co.
@@ -105,7 +111,13 @@ class Client(RequestHistory):
     """
 
     def __init__(self, connection_files=None, connection_info=None, *, timeout=10, cluster=None,
-                 pickler=None):
+                 cluster_id=None, pickler=None):
+        if cluster_id is not None or (cluster is None and connection_files is None and connection_info is None):
+            if cluster is not None:
+                raise ValueError("pass either cluster= or cluster_id=, not both")
+            from .cluster import Cluster  # the cluster package imports this module
+
+            cluster = Cluster.from_file(cluster_id=cluster_id or "")
         infos = [load_connection_file(f) for f in (connection_files or [])]
         infos += [check_connection_info(dict(i)) for i in (connection_info or [])]
         if cluster is not None and infos:
@@ -133,6 +145,8 @@ class Client(RequestHistory):
             connecting += [self.add_engine(engine_id, info, probe)
                            for engine_id, (info, probe) in cluster.attach(self).items()]
         _live_clients.add(self)
+        if cluster is not None and cluster.cluster_file is not None and cluster.supervisor:
+            self._loop.call_later(_CLUSTER_FILE_CHECK, self._check_cluster_file)
         if timeout:
             self._await_connections(connecting, timeout)
         # Inside IPython the first Client binds %px to a blocking all-engines view, as
@@ -156,6 +170,18 @@ class Client(RequestHistory):
         if not self._closed:
             self._loop.call_soon(self._open_engine, engine)
         return engine
+
+    def _check_cluster_file(self) -> None:
+        """Follow the cluster file of a supervised cluster: engines that join, leave, or all stop (I/O thread)."""
+        if self._closed:
+            return
+        try:
+            alive = self._cluster.refresh()
+        except Exception:  # a half-gone file must not end the checks
+            log.exception("reading the cluster file %s failed", self._cluster.cluster_file)
+            alive = True
+        if alive:
+            self._loop.call_later(_CLUSTER_FILE_CHECK, self._check_cluster_file)
 
     def _open_engine(self, engine) -> None:
         if self._closed:  # closed before this connection could open

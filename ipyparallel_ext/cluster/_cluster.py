@@ -19,10 +19,10 @@ import asyncio
 import atexit
 import contextlib
 import functools
-import json
 import logging
 import os
 import shutil
+import socket
 import tempfile
 import threading
 import time
@@ -38,6 +38,7 @@ from ._local import ENGINE_ARGS as ENGINE_ARGS  # the CLI's kernelspec uses them
 from ._local import ENGINE_KERNEL_NAME, AttachedEngine, EngineSpecManager, LoopThread, ProcessProbe
 from ._local import kernel_pid, start_listening, stop_kernel
 from ..error import EngineStartError
+from . import _files
 
 # What clients tell the helpers in engines this module started (stock ipykernel, our args).
 _ENGINE_OPTIONS = {"execute_sleep": 0, "skip_empty_flushes": True, "skip_unused_log_records": True}
@@ -198,6 +199,10 @@ class Cluster:
         self._watched: dict = {}  # engine id -> the process its auto-restart watcher watches
         self._flaps: dict = {}  # engine id -> deaths soon after a restart, in a row
         self._spec_manager = EngineSpecManager()
+        # A supervised cluster's supervisor ({pid, host, start_time, control, key}): set in the
+        # supervisor itself, and read from the cluster file by from_dict elsewhere.
+        self.supervisor = None
+        self._file_stamp = None  # (mtime_ns, size) of the cluster file last read (from_dict)
 
     engine_launcher_class = "local"  # ipyparallel's launcher choice: the only one here
 
@@ -322,6 +327,9 @@ class Cluster:
         if kwargs:
             raise TypeError(f"start_engines() got launcher options {sorted(kwargs)}: local engines take"
                             f" none (set kernel_name=, env=, ip= on the Cluster instead)")
+        if self._supervised_elsewhere:
+            answer = await asyncio.to_thread(self._control, "add", n=n, engine_set_id=engine_set_id)
+            return answer["engine_set_id"]
         n = n if n is not None else (self.n if self.n is not None else (os.cpu_count() or 1))
         if engine_set_id is None:
             engine_set_id = f"{int(time.time())}-{uuid.uuid4().hex[:4]}"
@@ -436,6 +444,9 @@ class Cluster:
     restart_engine_sync = _blocking(restart_engine)
 
     async def _restart(self, ids, reason) -> None:
+        if self._supervised_elsewhere:
+            await asyncio.to_thread(self._control, "restart_engines", ids=ids)
+            return
         for eid in ids:
             self._watched.pop(eid, None)
         self._stopping(ids, reason)
@@ -485,6 +496,9 @@ class Cluster:
         or, beyond ipyparallel, an engine id or a list of them.
         """
         ids = self._ids(engine_set_id)
+        if self._supervised_elsewhere:
+            await asyncio.to_thread(self._control, "stop_engines", ids=ids)
+            return
         for eid in ids:
             self._watched.pop(eid, None)
         self._stopping(ids, "was shut down", forget=True)
@@ -515,6 +529,11 @@ class Cluster:
         """Stop every engine, close this cluster's clients, remove its files."""
         for client in list(self._clients):
             client.close()
+        if self._supervised_elsewhere:
+            await asyncio.to_thread(self._control, "stop")
+            self.engines, self.engine_sets = {}, {}
+            _live_clusters.discard(self)
+            return
         await self.stop_engines()
         if self._folder is not None:
             shutil.rmtree(self._folder, ignore_errors=True)
@@ -569,23 +588,35 @@ class Cluster:
     # -- saving and re-attaching -------------------------------------------------------------
 
     def to_dict(self) -> dict:
-        """This cluster as a JSON-able dict, to re-attach to its running engines from another process.
+        """This cluster as a JSON-able dict: the format of cluster files.
 
         :meth:`from_dict` turns it back into a Cluster whose clients reach
-        the same engines (connection files, engine ids, pids).
+        the same engines (connection files, engine ids, pids); a supervised
+        cluster's dict also names its supervisor, through which such a
+        Cluster scales and stops it.
         """
+        host = socket.gethostname()
         sets = {}
         for set_id, ids in self.engine_sets.items():
             sets[set_id] = {str(i): {"connection_file": self.engines[i].connection_file,
-                                     "pid": kernel_pid(self.engines[i])} for i in ids}
+                                     "pid": kernel_pid(self.engines[i]), "host": host,
+                                     "state": self._engine_state(i)} for i in ids}
         return {
             "cluster": {"class": f"{type(self).__module__}.{type(self).__qualname__}",
                         "cluster_id": self.cluster_id, "n": self.n, "kernel_name": self.kernel_name,
                         "engine_timeout": self.engine_timeout, "ip": self.ip,
                         "auto_restart": self.auto_restart, "folder": self._folder,
-                        "next_id": self._next_id},
+                        "next_id": self._next_id, "supervisor": self.supervisor},
             "engines": {"class": "local", "sets": sets},
         }
+
+    def _engine_state(self, engine_id) -> str:
+        """'running' or 'dead' (its process has exited), from this process's view of the engine."""
+        km = self.engines[engine_id]
+        process = getattr(km.provisioner, "process", None)
+        if process is not None:
+            return "running" if process.poll() is None else "dead"
+        return "running" if _files.pid_alive(kernel_pid(km)) else "dead"
 
     @classmethod
     def from_dict(cls, d, **kwargs):
@@ -593,52 +624,125 @@ class Cluster:
 
         Engines whose process is gone are left out with a warning.  As in
         ipyparallel, ``shutdown_atexit`` defaults to False here: the engines
-        belong to the process that started them.
+        belong to the process that started them.  A supervised cluster is
+        scaled, restarted and stopped through its supervisor.
         """
         info = dict(d["cluster"])
         kwargs.setdefault("shutdown_atexit", False)
         for key in ("cluster_id", "n", "kernel_name", "engine_timeout", "ip", "auto_restart"):
             kwargs.setdefault(key, info.get(key))
         self = cls(**kwargs)
-        self._folder = info.get("folder")
-        self._next_id = info.get("next_id", 0)
-        for set_id, members in d.get("engines", {}).get("sets", {}).items():
-            ids = []
-            for key, engine in members.items():
-                eid = int(key)
-                attached = AttachedEngine(eid, engine["connection_file"], engine["pid"])
-                if attached.pid is None or not attached.is_running() \
-                        or not os.path.exists(attached.connection_file):
-                    self.log.warning("engine %s of cluster %s is not running (pid %s): left out",
-                                     eid, self.cluster_id, engine["pid"])
-                    continue
-                self.engines[eid] = attached
-                ids.append(eid)
-            if ids:
-                self.engine_sets[set_id] = ids
+        self._load_dict(d, warn=True)
         if self.engines:
             _live_clusters.add(self)
         return self
 
+    def _load_dict(self, d, warn=False) -> None:
+        """Take the engines (and supervisor) of a :meth:`to_dict` as this cluster's."""
+        info = d["cluster"]
+        self._folder = info.get("folder")
+        self._next_id = info.get("next_id", 0)
+        self.supervisor = info.get("supervisor")
+        engines, sets = {}, {}
+        for set_id, members in d.get("engines", {}).get("sets", {}).items():
+            ids = []
+            for key, engine in members.items():
+                eid = int(key)
+                old = self.engines.get(eid)
+                attached = old if isinstance(old, AttachedEngine) and old.pid == engine["pid"] else \
+                    AttachedEngine(eid, engine["connection_file"], engine["pid"])
+                if engine.get("state", "running") != "running" or attached.pid is None \
+                        or not attached.is_running() or not os.path.exists(attached.connection_file):
+                    if warn:
+                        self.log.warning("engine %s of cluster %s is not running (pid %s): left out",
+                                         eid, self.cluster_id, engine["pid"])
+                    continue
+                engines[eid] = attached
+                ids.append(eid)
+            if ids:
+                sets[set_id] = ids
+        with self._lock:
+            self.engines, self.engine_sets = engines, sets
+
     @classmethod
     def from_file(cls, cluster_file=None, *, profile=None, profile_dir=None, cluster_id="", **kwargs):
-        """A Cluster attached to the engines described in ``cluster_file`` (see ``cluster_file=``).
+        """A Cluster attached to the running cluster ``cluster_id`` (or described in ``cluster_file``).
 
-        ipyparallel finds the file from a profile and cluster id; there are
-        no profiles here, so ``cluster_file`` is required.
+        With neither, the one running supervised cluster on this machine
+        (``ipyparallel-ext cluster start``); it is an error if there are
+        none or several.  There are no IPython profiles here.
+
+        Raises
+        ------
+        FileNotFoundError
+            No such cluster is running (the message lists those that are).
         """
-        if cluster_file is None or profile is not None or profile_dir is not None or cluster_id:
-            raise NotImplementedError("Cluster.from_file: there are no IPython profiles here; pass the"
-                                      " path given as Cluster(cluster_file=...)")
-        with open(cluster_file) as f:
-            return cls.from_dict(json.load(f), cluster_file=cluster_file, **kwargs)
+        if profile is not None or profile_dir is not None:
+            raise NotImplementedError("Cluster.from_file: there are no IPython profiles here; pass"
+                                      " cluster_id= (see `ipyparallel-ext cluster list`) or cluster_file=")
+        if cluster_file is None:
+            cluster_file = _files.find_cluster_file(cluster_id or None)
+        self = cls.from_dict(_files.read_cluster_file(cluster_file), cluster_file=cluster_file, **kwargs)
+        self._file_stamp = _files.stamp(cluster_file)
+        return self
+
+    # -- a cluster another process supervises ---------------------------------------------
+
+    @property
+    def _supervised_elsewhere(self) -> bool:
+        return bool(self.supervisor) and self.supervisor.get("pid") != os.getpid()
+
+    def _control(self, op, **args):
+        """Ask this cluster's supervisor to do ``op``; its answer, after re-reading the cluster file."""
+        from ._supervisor import request
+
+        answer = request(self.supervisor, op, timeout=self.engine_timeout + _STOP_WAIT, **args)
+        if op != "stop":
+            self.refresh()
+        return answer
+
+    def refresh(self) -> bool:
+        """Re-read the cluster file if it changed; tell clients about engines that came and went.
+
+        Called by attached clients on their I/O thread about once a
+        second.  Returns False once the cluster is gone (its file removed,
+        or its supervisor dead): its clients' waiting work then fails.
+        """
+        path = self.cluster_file
+        if path is None:
+            return True
+        stamp = _files.stamp(path)
+        if stamp is not None and stamp == self._file_stamp:
+            return True
+        try:
+            data = _files.read_cluster_file(path) if stamp is not None else None
+        except (OSError, ValueError):
+            data = None
+        if data is None or not _files.supervisor_alive(data):
+            gone = sorted(self.engines)
+            with self._lock:
+                self.engines, self.engine_sets = {}, {}
+            self._stopping(gone, f"was shut down: cluster {self.cluster_id} stopped", forget=True)
+            self._file_stamp = None
+            return False
+        self._file_stamp = stamp
+        before = {eid: km.pid for eid, km in self.engines.items()}
+        self._load_dict(data)
+        after = {eid: km.pid for eid, km in self.engines.items()}
+        gone = [eid for eid in before if eid not in after]
+        if gone:
+            self._stopping(gone, f"was stopped by cluster {self.cluster_id}'s supervisor", forget=True)
+        changed = [eid for eid, pid in after.items() if before.get(eid) != pid]
+        restarted = [eid for eid in changed if eid in before]
+        if restarted:
+            self._stopping(restarted, "was restarted")
+        with self._lock:
+            self._announce(changed)
+        return True
 
     def _write_cluster_file(self) -> None:
-        if self.cluster_file is None:
-            return
-        os.makedirs(os.path.dirname(os.path.abspath(self.cluster_file)), exist_ok=True)
-        with open(self.cluster_file, "w") as f:
-            json.dump(self.to_dict(), f, indent=1)
+        if self.cluster_file is not None and not self._supervised_elsewhere:
+            _files.write_cluster_file(self.cluster_file, self.to_dict())
 
     # -- context managers ------------------------------------------------------------------
 
