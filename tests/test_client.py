@@ -280,7 +280,7 @@ def test_connection_file_lacking_fields(tmp_path, cluster):
 
 
 def test_no_engines():
-    with ipp.Client() as client:
+    with ipp.Client(connection_files=[]) as client:  # Client() alone attaches to a running cluster
         assert client.ids == []
         with pytest.raises(NoEnginesRegistered):
             client[:].apply_sync(lambda: 1)

@@ -31,13 +31,13 @@ CLASSES = ["Client", "Cluster", "DirectView", "LoadBalancedView", "AsyncResult",
 
 # Reasons shared by several entries.
 NO_HUB = "no controller/Hub: that is ipyparallel's controller plumbing"
-NO_PROFILE = "no IPython profiles or cluster files: clusters are objects of the Python that starts them"
+NO_PROFILE = ("no IPython profiles: cluster files live in the Jupyter runtime directory, found by cluster id"
+              " (`ipyparallel-ext cluster list`)")
 WIRE = "our wire is pickle protocol 5 with functions by value: no canning classes or size thresholds"
 PLUMBING = "used by views, schedulers and Cluster (they only call the client's public methods)"
 
 KEPT = {
     # -- top level -------------------------------------------------------------------------
-    "missing: ClusterManager": NO_PROFILE,
     "missing: load_jupyter_server_extension": "no Jupyter server extension (no cluster panel in JupyterLab)",
     **{f"{kind}: {prefix}{name}": WIRE for prefix in ["", "serialize."] for kind, name in [
         ("missing", "can_map"), ("missing", "uncan_map"), ("differs", "serialize_object"),
@@ -89,9 +89,11 @@ KEPT = {
     **{f"missing: Cluster.{name}": NO_HUB + " (Cluster(...) takes these and warns that they are ignored)"
        for name in ["controller", "controller_args", "controller_ip", "controller_launcher_class",
                     "controller_location", "send_engines_connection_env", "delay"]},
-    **{f"missing: Cluster.{name}": NO_PROFILE + " (Cluster(cluster_file=...) keeps to_dict() in a file)"
-       for name in ["load_profile", "profile", "profile_config", "profile_dir", "remove_cluster_file",
-                    "update_cluster_file", "write_cluster_file"]},
+    **{f"missing: Cluster.{name}": NO_PROFILE
+       for name in ["load_profile", "profile", "profile_config", "profile_dir"]},
+    "extra: Cluster.supervisor": "the process that owns a cluster started by `ipyparallel-ext cluster start`"
+                                 " (pid, host, start time, control address), from its cluster file",
+    "extra: Cluster.refresh": PLUMBING + ": re-reads a supervised cluster's file (engines joining, leaving)",
     "extra: Cluster.auto_restart": "restart a local engine whose process dies, under the same id",
     "extra: Cluster.engine_sets": "engine set id -> engine ids (ipyparallel's Cluster.engines maps set ids"
                                   " to launchers; ours maps engine ids to kernel managers)",

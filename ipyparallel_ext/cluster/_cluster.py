@@ -358,7 +358,7 @@ class Cluster:
             self._announce(ids)
         for i in ids:
             self._watch(i)
-        self._write_cluster_file()
+        self.update_cluster_file()
         self.log.info("started engines %s (engine set %s)", ids, engine_set_id)
         return engine_set_id
 
@@ -455,7 +455,7 @@ class Cluster:
             self._announce([i for i in ids if i in self.engines])
         for eid in ids:
             self._watch(eid)
-        self._write_cluster_file()
+        self.update_cluster_file()
 
     async def _restart_one(self, engine_id) -> None:
         km = self.engines[engine_id]
@@ -513,7 +513,7 @@ class Cluster:
             log = self._logs.pop(i, None)
             if log is not None:
                 log.close()
-        self._write_cluster_file()
+        self.update_cluster_file()
 
     stop_engines_sync = _blocking(stop_engines)
 
@@ -538,9 +538,8 @@ class Cluster:
         if self._folder is not None:
             shutil.rmtree(self._folder, ignore_errors=True)
             self._folder = None
-        if self.cluster_file is not None:
-            with contextlib.suppress(FileNotFoundError):
-                os.remove(self.cluster_file)
+        if self.cluster_file:
+            self.remove_cluster_file()
         _live_clusters.discard(self)
 
     def stop_cluster_sync(self):
@@ -740,9 +739,28 @@ class Cluster:
             self._announce(changed)
         return True
 
-    def _write_cluster_file(self) -> None:
-        if self.cluster_file is not None and not self._supervised_elsewhere:
-            _files.write_cluster_file(self.cluster_file, self.to_dict())
+    def write_cluster_file(self) -> None:
+        """Write :meth:`to_dict` to :attr:`cluster_file` (atomically, mode 0600)."""
+        _files.write_cluster_file(self.cluster_file, self.to_dict())
+
+    def remove_cluster_file(self) -> None:
+        """Remove :attr:`cluster_file` (if it is there)."""
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(self.cluster_file)
+
+    def update_cluster_file(self) -> None:
+        """Bring :attr:`cluster_file` up to date: written while engines run, removed once none do.
+
+        A supervised cluster keeps its file with no engines (it can grow
+        again) until it stops.  Nothing happens without a cluster file, or when another process
+        supervises the cluster (the file is its supervisor's to write).
+        """
+        if not self.cluster_file or self._supervised_elsewhere:
+            return
+        if self.engines or self.supervisor:
+            self.write_cluster_file()
+        else:
+            self.remove_cluster_file()
 
     # -- context managers ------------------------------------------------------------------
 

@@ -13,6 +13,7 @@ jupyter_client's ``JPY_PARENT_PID``) and ``cluster list`` removes the file.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import secrets
@@ -90,10 +91,13 @@ class Supervisor:
                 now = self._states()
                 if now != states:  # an engine died (or came back): tell attached clients
                     states = now
-                    self.cluster._write_cluster_file()
+                    self.cluster.update_cluster_file()
         finally:
             self._sock.close()
             self.cluster.stop_cluster_sync()
+        # Stopped cleanly: nothing to read in a daemon's log (a crash or a kill leaves it until `list`).
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(_files.log_file_path(self.cluster.cluster_id))
         return 0
 
     def _stop_signal(self, signum, frame) -> None:
