@@ -172,3 +172,18 @@ def test_foreground_supervisor_stops_on_ctrl_c(cli):
         if process.poll() is None:
             process.kill()
             process.wait()
+
+
+def test_restart_engines_brings_a_dead_engine_back(cli):
+    cluster_id = _start(cli, 1, "--restart-engines")
+    with ipp.Client(cluster_id=cluster_id) as rc:
+        old = rc[0].apply_sync(os.getpid)
+        os.kill(old, signal.SIGKILL)
+
+        def restarted():
+            try:
+                return rc.ids == [0] and rc[0].apply_sync(os.getpid) != old
+            except EngineError:  # the dead one, before the client heard of the new one
+                return False
+
+        assert wait_until(restarted, timeout=60, interval=0.5)
