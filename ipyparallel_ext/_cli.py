@@ -12,7 +12,7 @@ installs the project's kernel specs (see ``kernelspec/`` in the repository):
 - ``python3-parallel``, "Python 3 (parallel)": a notebook kernel that loads
   the ``%px`` magics at start.
 
-``ipyparallel-ext cluster start | stop | list | scale | add`` manage clusters
+``ipyparallel-ext cluster start | stop | list | scale | add | logs`` manage clusters
 that outlive the process that started them (see :func:`_cluster_run`); they
 exit 0 on success and 1 with a message on stderr when they cannot do it
 (no such cluster, none running, an engine that would not start), 2 on a
@@ -139,6 +139,9 @@ def _cluster_arguments(parser: argparse.ArgumentParser) -> None:
     add = actions.add_parser("add", help="start N more engines in a cluster")
     add.add_argument("--cluster-id", help="the cluster (default: the one running)")
     add.add_argument("-n", type=int, required=True, help="how many engines to add")
+    logs = actions.add_parser("logs", help="print the end of a cluster's supervisor and engine logs")
+    logs.add_argument("--cluster-id", help="the cluster (default: the one running)")
+    logs.add_argument("--lines", type=int, default=20, help="lines of each log (default 20)")
 
 
 def _cluster_run(args) -> int:
@@ -180,8 +183,7 @@ def _cluster_start(args) -> int:
     deadline = time.monotonic() + args.engine_timeout + _STOP_WAIT
     while time.monotonic() < deadline:
         if process.poll() is not None:
-            with open(log_path, errors="replace") as f:
-                tail = "".join(f.readlines()[-10:])
+            tail = _tail(log_path, 10)
             raise ValueError(f"the supervisor exited with status {process.returncode}; its log"
                              f" ({log_path}) ends:\n{tail}")
         if os.path.exists(path):
@@ -277,8 +279,28 @@ def _request_timeout(data) -> float:
     return float(data["cluster"].get("engine_timeout") or 60) + _STOP_WAIT
 
 
+def _tail(path: str, lines: int) -> str:
+    with open(path, errors="replace") as f:
+        return "".join(f.readlines()[-lines:]) if lines > 0 else ""
+
+
+def _cluster_logs(args) -> int:
+    from .cluster import _files
+
+    for cluster_id, _path, data in _chosen(args, _files.running_cluster_files()):
+        logs = [("supervisor", _files.log_file_path(cluster_id))]
+        folder = data["cluster"]["folder"]
+        for members in data["engines"]["sets"].values():
+            logs += [(f"engine {eid}", os.path.join(folder, f"engine-{eid}.log")) for eid in members]
+        for name, path in logs:
+            if os.path.exists(path):  # a foreground supervisor logs to its terminal, not a file
+                print(f"==> cluster {cluster_id}, {name} ({path}) <==")
+                print(_tail(path, args.lines), end="")
+    return 0
+
+
 _CLUSTER_ACTIONS = {"start": _cluster_start, "stop": _cluster_stop, "list": _cluster_list,
-                    "scale": _cluster_change, "add": _cluster_change}
+                    "scale": _cluster_change, "add": _cluster_change, "logs": _cluster_logs}
 
 
 # name -> (help, add_arguments(parser), run(args) -> exit status)

@@ -93,6 +93,8 @@ def test_start_list_scale_stop(cli):
         cli("add", "-n", "2")  # the one running cluster
         assert wait_until(lambda: rc.ids == [4, 5], timeout=30), rc.ids
         assert rc[:].apply_sync(lambda: 7) == [7, 7]
+        logs = cli("logs").stdout
+        assert f"==> cluster {cluster_id}, supervisor" in logs and "engine 5" in logs
 
     assert cli("stop", "--cluster-id", cluster_id).stdout.strip() == f"cluster {cluster_id} stopped"
     assert json.loads(cli("list", "--json").stdout) == {}

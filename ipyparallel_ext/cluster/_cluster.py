@@ -202,7 +202,8 @@ class Cluster:
         # A supervised cluster's supervisor ({pid, host, start_time, control, key}): set in the
         # supervisor itself, and read from the cluster file by from_dict elsewhere.
         self.supervisor = None
-        self._file_stamp = None  # (mtime_ns, size) of the cluster file last read (from_dict)
+        self._file_stamp = None  # (mtime_ns, size, inode) of the cluster file last read (from_dict)
+        self._refreshing = threading.Lock()  # one refresh at a time (clients' ticks, scaling calls)
 
     engine_launcher_class = "local"  # ipyparallel's launcher choice: the only one here
 
@@ -697,16 +698,26 @@ class Cluster:
 
         answer = request(self.supervisor, op, timeout=self.engine_timeout + _STOP_WAIT, **args)
         if op != "stop":
-            self.refresh()
+            self.refresh(wait=True)
         return answer
 
-    def refresh(self) -> bool:
+    def refresh(self, wait=False) -> bool:
         """Re-read the cluster file if it changed; tell clients about engines that came and went.
 
-        Called by attached clients on their I/O thread about once a
-        second.  Returns False once the cluster is gone (its file removed,
-        or its supervisor dead): its clients' waiting work then fails.
+        Called by attached clients on their I/O thread about once a second
+        (``wait=False``: skipped while another refresh runs, which may be
+        waiting for that very thread), and after each scaling call.
+        Returns False once the cluster is gone (its file removed, or its
+        supervisor dead): its clients' waiting work then fails.
         """
+        if not self._refreshing.acquire(blocking=wait):
+            return True
+        try:
+            return self._refresh()
+        finally:
+            self._refreshing.release()
+
+    def _refresh(self) -> bool:
         path = self.cluster_file
         if path is None:
             return True
