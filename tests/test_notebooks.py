@@ -130,7 +130,7 @@ def errors(cell) -> list:
 
 def test_there_are_notebooks():
     assert {p.name for p in PATHS} >= {"quickstart.ipynb", "magics.ipynb", "load_balancing.ipynb",
-                                       "data_movement.ipynb"}
+                                       "data_movement.ipynb", "clusters.ipynb"}
 
 
 @pytest.mark.parametrize("path", PATHS, ids=lambda p: p.stem)
@@ -240,3 +240,14 @@ def test_data_movement(notebook):
     assert re.search(r"push 80 MB: [\d.]+ s", big) and re.search(r"pull 80 MB: [\d.]+ s", big)
     assert "identical after the round trip: True" in big
     assert stream(cells["sync-imports"]) == "importing math on engine(s)\n[5.0, 5.0]\n"
+
+
+def test_clusters(notebook):
+    cells = notebook("clusters.ipynb")
+    assert "cluster notebook-demo started: 2 engines" in stream(cells["start"])
+    assert re.search(r"notebook-demo\s+2/2\s+local", stream(cells["list"]))
+    assert "engines: [0, 1]" in stream(cells["attach"])
+    assert "engines now: [0, 1, 2, 3]" in stream(cells["scale"])
+    assert "the second client reads: ['pushed by the first client'," in stream(cells["second-client"])
+    assert "after shrinking: [0, 1]" in stream(cells["stop"])
+    assert "notebook-demo" not in stream(cells["list-after"])
