@@ -16,7 +16,7 @@ import uuid
 
 import psutil
 import pytest
-from conftest import wait_until
+from conftest import alive, wait_until
 
 import ipyparallel_ext as ipp
 from ipyparallel_ext.cluster import _files
@@ -142,9 +142,13 @@ def test_killed_supervisor_leaves_no_engines(cli):
     cluster_id = _start(cli, 2)
     data = _files.read_cluster_file(_files.cluster_file_path(cluster_id))
     engine_pids = [e["pid"] for members in data["engines"]["sets"].values() for e in members.values()]
+    rc = ipp.Client(cluster_id=cluster_id)
+    ar = rc[:].apply_async(time.sleep, 60)
     os.kill(data["cluster"]["supervisor"]["pid"], signal.SIGKILL)
-    assert wait_until(lambda: not any(psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE
-                                      for p in engine_pids), timeout=15), engine_pids
+    assert wait_until(lambda: not any(alive(p) for p in engine_pids), timeout=15), engine_pids
+    with pytest.raises(CompositeError):  # the attached client's work fails, it does not hang
+        ar.get(timeout=30)
+    rc.close()
     assert json.loads(cli("list", "--json").stdout) == {}  # and its file is cleaned up
     assert os.listdir(_files.cluster_dir()) == []
 
@@ -189,3 +193,26 @@ def test_restart_engines_brings_a_dead_engine_back(cli):
                 return False
 
         assert wait_until(restarted, timeout=60, interval=0.5)
+
+
+_ATTACHED_SCRIPT = """
+import os, sys
+import ipyparallel_ext as ipp
+rc = ipp.Client(cluster_id=sys.argv[1])
+view = rc[:]
+view.apply_sync(lambda tag: globals().__setitem__(tag, os.getpid()), sys.argv[2])  # engine namespaces are shared
+print(len(rc.ids), sorted(view.apply_sync(os.getpid)) == sorted(view.pull(sys.argv[2], block=True)))
+rc.close()
+"""
+
+
+def test_two_other_processes_share_the_engines(cli):
+    cluster_id = _start(cli, 2)
+    scripts = [subprocess.Popen([sys.executable, "-c", _ATTACHED_SCRIPT, cluster_id, f"from_{i}"],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in range(2)]
+    for script in scripts:
+        out, err = script.communicate(timeout=_START)
+        assert script.returncode == 0, err
+        assert out.split() == ["2", "True"]
+    with ipp.Client(cluster_id=cluster_id) as rc:
+        assert rc[:].pull(["from_0", "from_1"], block=True) == [[p, p] for p in rc[:].apply_sync(os.getpid)]
