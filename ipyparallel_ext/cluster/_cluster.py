@@ -11,6 +11,12 @@ told about engines started, restarted and stopped later.  With
 Engines die with the Python process that started them (jupyter_client's
 ``JPY_PARENT_PID`` poller) and are stopped at exit if the user forgot;
 :meth:`Cluster.to_dict` lets another process attach to them meanwhile.
+
+A cluster that outlives notebooks is this same class run by a supervisor
+process (:mod:`._supervisor`, ``ipyparallel-ext cluster start``) that keeps
+its cluster file (:mod:`._files`) up to date; :meth:`Cluster.from_file` in
+any other process reads that file, scales and stops the cluster through the
+supervisor, and its clients follow the file (:meth:`Cluster.refresh`).
 """
 
 from __future__ import annotations
