@@ -9,6 +9,7 @@ supervisor or engine process and no cluster file is left.
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -165,12 +166,14 @@ def test_bad_cluster_id_names_the_running_ones(cli):
     assert result.returncode == 1 and "already running" in result.stderr
 
 
-def test_foreground_supervisor_stops_on_ctrl_c(cli):
+def test_foreground_supervisor_with_a_kernelspec_stops_on_ctrl_c(cli):
     cluster_id = cli.new_id()
     process = subprocess.Popen([sys.executable, "-m", "ipyparallel_ext._cli", "cluster", "start", "-n", "1",
-                                "--cluster-id", cluster_id], stdout=subprocess.PIPE, text=True)
+                                "--cluster-id", cluster_id, "--kernel", "python3"],
+                               stdout=subprocess.PIPE, text=True)
     try:
         assert f"cluster {cluster_id} started: 1 engines" in process.stdout.readline()
+        assert json.loads(cli("list", "--json").stdout)[cluster_id]["kernel_name"] == "python3"
         process.send_signal(signal.SIGINT)
         assert process.wait(timeout=60) == 0
         assert not _files.running_cluster_files()
@@ -216,3 +219,15 @@ def test_two_other_processes_share_the_engines(cli):
         assert out.split() == ["2", "True"]
     with ipp.Client(cluster_id=cluster_id) as rc:
         assert rc[:].pull(["from_0", "from_1"], block=True) == [[p, p] for p in rc[:].apply_sync(os.getpid)]
+
+
+def test_list_removes_files_whose_supervisor_is_gone_or_its_pid_reused(cli):
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    for cluster_id, pid in (("gone", int(dead.stdout)), ("reused", os.getpid())):  # this process is younger
+        _files.write_cluster_file(_files.cluster_file_path(cluster_id), {
+            "cluster": {"cluster_id": cluster_id, "kernel_name": "python3", "folder": None, "supervisor": {
+                "pid": pid, "host": socket.gethostname(), "start_time": 1.0,
+                "control": "tcp://127.0.0.1:1", "key": "x"}},
+            "engines": {"class": "local", "sets": {}}})
+    assert json.loads(cli("list", "--json").stdout) == {}
+    assert os.listdir(_files.cluster_dir()) == []

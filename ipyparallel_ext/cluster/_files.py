@@ -102,7 +102,23 @@ def supervisor_alive(data: dict) -> bool:
         return False
     if sup.get("host") != socket.gethostname():
         return True
-    return pid_alive(sup.get("pid"))
+    if not pid_alive(sup.get("pid")):
+        return False
+    # A pid reused by a process started after the supervisor is not the supervisor.
+    started = _process_start(sup["pid"])
+    return started is None or started <= sup.get("start_time", started) + 1.0
+
+
+def _process_start(pid):
+    """When process ``pid`` started (seconds since the epoch), from /proc; None where there is no /proc."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            ticks = int(f.read().rsplit(")", 1)[1].split()[19])
+        with open("/proc/stat") as f:
+            boot = next(int(line.split()[1]) for line in f if line.startswith("btime "))
+    except (OSError, IndexError, ValueError, StopIteration):
+        return None
+    return boot + ticks / os.sysconf("SC_CLK_TCK")
 
 
 def running_cluster_files(clean: bool = True) -> dict:
