@@ -1,0 +1,121 @@
+"""100 start/stop cycles of a 4-engine cluster leak no process, thread, file descriptor or temp file.
+
+The cycles run in a subprocess (so nothing else in the test session blurs the counts), with a
+private TMPDIR and JUPYTER_RUNTIME_DIR (so other processes' files do not either).  One cycle:
+``Cluster(n=4)``, ``start_and_connect_sync()``, ``wait_for_engines(4)``, one ``apply_sync`` on all
+engines, ``stop_cluster_sync()``.  Counts are taken after a first (warm-up) cycle, which starts what
+lives for the whole process (the I/O thread, zmq's context), and again after the last cycle.
+
+Sizes: ``FAULTS_CYCLES`` cycles (default 100) of 4 engines.
+"""
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from .conftest import alive
+
+CYCLES = int(os.environ.get("FAULTS_CYCLES", "100"))
+
+_CYCLER = textwrap.dedent("""
+    import gc, json, os, sys, tempfile, threading, time
+    import psutil
+    import ipyparallel_ext as ipp
+
+    me = psutil.Process()
+    roots = [tempfile.gettempdir(), os.environ["JUPYTER_RUNTIME_DIR"]]
+
+    def files():
+        return sorted(os.path.join(d, f) for root in roots for d, _, fs in os.walk(root) for f in fs)
+
+    def counts():
+        gc.collect()
+        time.sleep(0.5)  # let stopped kernels be reaped and threads finish
+        return {
+            "children": [p.pid for p in me.children(recursive=True)],
+            "threads": sorted(t.name for t in threading.enumerate()),
+            "os_threads": me.num_threads(),
+            "fds": me.num_fds(),
+            "files": files(),
+        }
+
+    def cycle():
+        cluster = ipp.Cluster(n=4)
+        rc = cluster.start_and_connect_sync()
+        rc.wait_for_engines(4, timeout=60)
+        pids = rc[:].apply_sync(os.getpid)
+        assert len(set(pids)) == 4, pids
+        cluster.stop_cluster_sync()
+        return pids
+
+    engine_pids = cycle()  # warm-up
+    before = counts()
+    t0 = time.monotonic()
+    for _ in range(int(sys.argv[1])):
+        engine_pids += cycle()
+    seconds = time.monotonic() - t0
+    after = counts()
+    print(json.dumps({"before": before, "after": after, "engine_pids": engine_pids, "seconds": seconds}))
+""")
+
+
+_LEAKED_LOOP = pytest.mark.xfail(
+    strict=True, reason="every Cluster leaves its event-loop thread running after stop_cluster_sync"
+                        " (_cluster._LoopThread is never stopped: 1 thread and 3 fds per cluster);"
+                        " not fixed on any branch yet")
+
+
+@pytest.fixture(scope="module")
+def cycles(tmp_path_factory):
+    """Run the cycles once for the module's tests; returns the subprocess's report."""
+    tmp = tmp_path_factory.mktemp("cycles")
+    (tmp / "tmp").mkdir()
+    (tmp / "runtime").mkdir()
+    env = dict(os.environ, TMPDIR=str(tmp / "tmp"), JUPYTER_RUNTIME_DIR=str(tmp / "runtime"))
+    proc = subprocess.run([sys.executable, "-c", _CYCLER, str(CYCLES)], env=env, capture_output=True,
+                          text=True, timeout=30 + 6 * CYCLES)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads(proc.stdout.strip().splitlines()[-1])
+    for pid in report["engine_pids"]:  # whatever the verdict, leave nothing running
+        if alive(pid):
+            os.kill(pid, 9)
+    return report
+
+
+@pytest.mark.timeout(60 + 6 * CYCLES)
+def test_no_leaked_processes(cycles, measure):
+    before, after = cycles["before"], cycles["after"]
+    measure(f"{CYCLES} cycles of a 4-engine cluster took", round(cycles["seconds"], 1), "s")
+    measure("child processes before/after the cycles", [len(before["children"]), len(after["children"])])
+    assert after["children"] == before["children"] == []
+    assert len(cycles["engine_pids"]) == 4 * (CYCLES + 1)
+    assert not [p for p in cycles["engine_pids"] if alive(p)]
+
+
+@pytest.mark.timeout(60 + 6 * CYCLES)
+def test_no_leaked_temp_files(cycles, measure):
+    before, after = cycles["before"], cycles["after"]
+    measure("temp and runtime files before/after the cycles", [len(before["files"]), len(after["files"])])
+    assert after["files"] == before["files"]
+
+
+@_LEAKED_LOOP
+@pytest.mark.timeout(60 + 6 * CYCLES)
+def test_no_leaked_threads(cycles, measure):
+    before, after = cycles["before"], cycles["after"]
+    measure("threads (Python / OS) before/after the cycles",
+            [[len(before["threads"]), before["os_threads"]], [len(after["threads"]), after["os_threads"]]])
+    assert after["threads"] == before["threads"]
+    assert after["os_threads"] == before["os_threads"]
+
+
+@_LEAKED_LOOP
+@pytest.mark.timeout(60 + 6 * CYCLES)
+def test_no_leaked_file_descriptors(cycles, measure):
+    before, after = cycles["before"], cycles["after"]
+    measure("file descriptors before/after the cycles", [before["fds"], after["fds"]])
+    assert after["fds"] == before["fds"]
