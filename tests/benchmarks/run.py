@@ -61,6 +61,8 @@ class Params:
     sleep_s: float = 0.01
     px_warm: int = 20
     px_calls: int = 200
+    imap_tasks: int = 1_000_000
+    imap_purge: int = 5_000
 
     @property
     def async_rounds(self) -> int:
@@ -79,6 +81,7 @@ class Params:
             async_tasks=500,
             px_warm=5,
             px_calls=50,
+            imap_tasks=50_000,
         )
 
 
@@ -101,6 +104,10 @@ def snooze(t):
 
     time.sleep(t)
     return t
+
+
+def inc(x):
+    return x + 1
 
 
 # --------------------------------------------------------------------------------------------
@@ -235,6 +242,7 @@ class Child:
             ("apply_async", 60 + 45 * P.async_rounds, self.wl_apply_async),
             ("sleep", 30 + 5 * P.repeat, self.wl_sleep),
             ("px", 60, self.wl_px),
+            ("imap_memory", 60 + P.imap_tasks / 1000, self.wl_imap_memory),
             ("push_pull", 120, self.wl_push_pull),
         ]
         try:
@@ -286,6 +294,38 @@ class Child:
             stops.append(time.perf_counter() - t1)
         metrics = {"total_s": median(totals), "stop_s": median(stops) if stops else None}
         return metrics, {"total_s": totals, "stop_s": stops}
+
+    def wl_imap_memory(self):
+        """An imap over `imap_tasks` tiny tasks, purging every `imap_purge` results: client RSS stays flat.
+
+        What a user streaming endless inputs does: `lv.imap(f, inputs, max_outstanding=1000)` and
+        `rc.purge_results('all')` now and then. ext only (at ipyparallel's rate, 1M tasks take an
+        hour). RSS is taken after gc.collect(), from a warmed-up start, just before every purge.
+        """
+        if self.lib != "ext":
+            raise NotImplementedError("ext only (1M tasks)")
+        P, rc = self.P, self.rc
+        lv = rc.load_balanced_view()
+        if list(lv.imap(inc, range(2000), max_outstanding=1000)) != list(range(1, 2001)):
+            raise AssertionError("imap returned wrong results")
+        rc.purge_results("all")
+        gc.collect()
+        start, peak = rss_bytes(), 0
+        t0 = time.perf_counter()
+        for i, value in enumerate(lv.imap(inc, range(P.imap_tasks), max_outstanding=1000)):
+            if value != i + 1:
+                raise AssertionError(f"imap result {i} is {value!r}")
+            if (i + 1) % P.imap_purge == 0:
+                gc.collect()
+                peak = max(peak, rss_bytes() - start)
+                rc.purge_results("all")
+        seconds = time.perf_counter() - t0
+        rc.purge_results("all")
+        gc.collect()
+        end = rss_bytes()
+        metrics = {"tasks_per_s": P.imap_tasks / seconds, "growth_MB": (end - start) / MB,
+                   "peak_growth_MB": peak / MB, "rss_start_MB": start / MB}
+        return metrics, {"s": [seconds]}
 
     def wl_apply_sync(self):
         # a median over hundreds of calls: repeating the whole thing adds nothing
@@ -498,6 +538,11 @@ def rows_for(P: Params) -> list[Row]:
         Row("apply_async.growth_minus_history_MB", "  same, less rc.history [MB]", "{:.1f}", ratio=False),
         Row("apply_async.history_len", "  len(rc.history) at the end", "{:.0f}", ratio=False),
         Row("apply_async.rss_MB", "  client RSS at the end [MB]", "{:.0f}", ratio=False),
+        Row("imap_memory.peak_growth_MB", f"client RSS growth, imap of {P.imap_tasks:,} tiny, purging [MB]",
+            "{:.1f}", ("lt", 50.0), ratio=False),
+        Row("imap_memory.growth_MB", "  same, at the end [MB]", "{:.1f}", ("lt", 50.0), ratio=False),
+        Row("imap_memory.tasks_per_s", "  imap rate [tasks/s]", "{:.0f}", ratio=False),
+        Row("imap_memory.rss_start_MB", "  client RSS at the start [MB]", "{:.0f}", ratio=False),
     ]
 
 
