@@ -89,7 +89,10 @@ _STALLED_CLIENT = textwrap.dedent("""
     rc = cluster.start_and_connect_sync()
     try:
         rc.wait_for_engines(1, timeout=60)
-        running = rc[0].apply_async(snooze, 8)
+        running = rc[0].apply_async(snooze, 10)
+        # Quiet first: a reply already on its way when we stop would hide the stall (it is read
+        # before the heartbeat timer runs), and the test would pass by luck.
+        time.sleep(1.5)
         print("ready", flush=True)
         sys.stdin.readline()  # the test stops and resumes us before this returns
         time.sleep(1.5)  # let the I/O thread catch up after the resume
@@ -118,7 +121,7 @@ def test_stalled_client_keeps_its_engines():
         proc.stdin.write("go\n")
         proc.stdin.flush()
         report = json.loads(readline(proc, timeout=60))
-        assert report == {"ids": [0], "result": 8}
+        assert report == {"ids": [0], "result": 10}
         assert proc.wait(timeout=30) == 0
     finally:
         if proc.poll() is None:
