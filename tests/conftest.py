@@ -1,5 +1,6 @@
 """Shared fixtures: real engine kernels, started once per test session."""
 
+import selectors
 import subprocess
 import time
 
@@ -83,6 +84,20 @@ def wait_until(condition, timeout=10.0, interval=0.02):
             return True
         time.sleep(interval)
     return condition()
+
+
+def readline(proc, timeout):
+    """One line of subprocess ``proc``'s stdout, or fail after ``timeout`` seconds (showing its stderr)."""
+    with selectors.DefaultSelector() as sel:
+        sel.register(proc.stdout, selectors.EVENT_READ)
+        if not sel.select(timeout):
+            pytest.fail(f"the subprocess printed nothing in {timeout} s")
+    line = proc.stdout.readline()
+    if not line:
+        code = proc.wait(timeout=10)
+        err = proc.stderr.read() if proc.stderr else ""
+        pytest.fail(f"the subprocess exited with {code}:\n{err[-3000:]}")
+    return line
 
 
 def alive(pid):

@@ -19,7 +19,7 @@ import ipyparallel_ext as ipp
 from ipyparallel_ext import _wire
 from ipyparallel_ext.error import EngineError
 
-from conftest import alive, wait_until
+from conftest import alive, readline, wait_until
 
 
 @ipp.interactive  # sent by value: engines cannot import this test module
@@ -306,7 +306,7 @@ def test_kernels_exit_when_their_parent_is_killed():
                             stderr=subprocess.DEVNULL, text=True)
     pids = []
     try:
-        line = _readline(proc, timeout=60)
+        line = readline(proc, timeout=60)
         pids = json.loads(line)
         assert len(pids) == 2 and all(alive(p) for p in pids)
         proc.kill()
@@ -320,16 +320,3 @@ def test_kernels_exit_when_their_parent_is_killed():
             if alive(pid):
                 os.kill(pid, signal.SIGKILL)
 
-
-def _readline(proc, timeout):
-    """One line of ``proc``'s stdout, or fail after ``timeout`` seconds."""
-    import selectors
-
-    with selectors.DefaultSelector() as sel:
-        sel.register(proc.stdout, selectors.EVENT_READ)
-        if not sel.select(timeout):
-            pytest.fail(f"the cluster subprocess printed nothing in {timeout} s")
-    line = proc.stdout.readline()
-    if not line:
-        pytest.fail(f"the cluster subprocess exited with {proc.wait(timeout=10)}")
-    return line

@@ -7,8 +7,6 @@ import time
 
 import pytest
 
-from conftest import alive, wait_until  # noqa: F401 - re-exported for the suite's modules
-
 # Where measured bounds go besides the test output: set FAULTS_MEASUREMENTS=path to collect them.
 _MEASUREMENTS = os.environ.get("FAULTS_MEASUREMENTS")
 

@@ -25,7 +25,7 @@ from jupyter_client.session import Session
 import ipyparallel_ext as ipp
 from ipyparallel_ext import _wire
 
-from .conftest import wait_until
+from conftest import wait_until
 from ._proxy import TamperingProxy
 
 DROPPED = "dropped an invalid message"

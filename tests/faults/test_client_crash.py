@@ -16,8 +16,7 @@ import time
 
 import pytest
 
-from .conftest import alive, wait_until
-from ._proc import readline
+from conftest import alive, readline, wait_until
 
 _CLIENT = textwrap.dedent("""
     import json, os, sys

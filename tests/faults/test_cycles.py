@@ -17,7 +17,7 @@ import textwrap
 
 import pytest
 
-from .conftest import alive
+from conftest import alive
 
 CYCLES = int(os.environ.get("FAULTS_CYCLES", "100"))
 

@@ -28,8 +28,7 @@ import pytest
 
 import ipyparallel_ext as ipp
 
-from .conftest import alive, wait_until
-from ._proc import readline
+from conftest import alive, readline, wait_until
 
 
 @ipp.interactive

@@ -18,7 +18,7 @@ import pytest
 
 import ipyparallel_ext as ipp
 
-from .conftest import alive, wait_until
+from conftest import alive, wait_until
 
 N_ENGINES = 4
 N_TASKS = 10_000

@@ -11,7 +11,6 @@ Sizes: 4 engines, 4 clients, 5 rounds of (map of 200 tasks, apply on 4 engines, 
 """
 
 import json
-import os
 import subprocess
 import sys
 import textwrap
