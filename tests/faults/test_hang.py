@@ -53,12 +53,14 @@ def test_stopped_engine_is_dropped_and_its_work_runs_elsewhere(make_cluster, mea
     os.kill(pids[0], signal.SIGSTOP)
     t0 = time.monotonic()
     try:
+        stuck = rc.queue_status(targets=[0], verbose=True)[0]["queue"]  # sent to it, not done
+        assert stuck, "nothing was on the stopped engine"
         assert wait_until(lambda: 0 not in rc.ids, timeout=15), "a stopped engine was never declared dead"
         detected = time.monotonic() - t0
         results = ar.get(timeout=60)
         assert [x for x, _ in results] == list(range(n))  # each once, in order
-        finished_late = [pid for _, pid in results[-20:]]
-        assert set(finished_late) == {pids[1]}  # the end of the map ran on the live engine
+        assert {rc.metadata[m]["engine_id"] for m in stuck} == {1}  # its tasks went elsewhere
+        assert {pid for _, pid in results[-20:]} == {pids[1]}
         measure("SIGSTOP'ed engine declared dead after", round(detected, 3), "s")
     finally:
         os.kill(pids[0], signal.SIGCONT)
