@@ -66,7 +66,7 @@ _CYCLER = textwrap.dedent("""
 _LEAKED_LOOP = pytest.mark.xfail(
     strict=True, reason="every Cluster leaves its event-loop thread running after stop_cluster_sync"
                         " (_cluster._LoopThread is never stopped: 1 thread and 3 fds per cluster);"
-                        " not fixed on any branch yet")
+                        " fixed on branch lifecycle")
 
 
 @pytest.fixture(scope="module")
