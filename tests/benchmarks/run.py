@@ -298,9 +298,10 @@ class Child:
     def wl_imap_memory(self):
         """An imap over `imap_tasks` tiny tasks, purging every `imap_purge` results: client RSS stays flat.
 
-        What a user streaming endless inputs does: `lv.imap(f, inputs, max_outstanding=1000)` and
-        `rc.purge_results('all')` now and then. ext only (at ipyparallel's rate, 1M tasks take an
-        hour). RSS is taken after gc.collect(), from a warmed-up start, just before every purge.
+        What a user streaming endless inputs does: `lv.imap(f, inputs, max_outstanding=1000)` and,
+        now and then, `rc.purge_results(jobs=finished)` ('all' refuses while tasks are outstanding).
+        ext only (at ipyparallel's rate, 1M tasks take an hour). RSS is taken after gc.collect(),
+        from a warmed-up start, just before every purge.
         """
         if self.lib != "ext":
             raise NotImplementedError("ext only (1M tasks)")
@@ -318,7 +319,7 @@ class Child:
             if (i + 1) % P.imap_purge == 0:
                 gc.collect()
                 peak = max(peak, rss_bytes() - start)
-                rc.purge_results("all")
+                rc.purge_results(jobs=list(set(rc.history) - rc.outstanding))
         seconds = time.perf_counter() - t0
         rc.purge_results("all")
         gc.collect()

@@ -10,8 +10,8 @@ The rule these tests enforce (today's code: ``_engine.py`` heartbeats, ``_schedu
 - After ``SIGCONT`` it does **not** rejoin by itself: its connection is closed, and any work it
   finishes is dropped.  ``rc.shutdown(targets=[i], restart=True)`` replaces it: the old process is
   stopped and a fresh kernel takes the same id.
-- A client process that is itself stopped (a stall of the client, not of the engines) must not
-  declare its engines dead when it resumes (xfail until the liveness work lands).
+- A client process that is itself stopped (a stall of the client, not of the engines) does not
+  declare its engines dead when it resumes.
 
 Sizes: 2 engines, a load-balanced map of 200 tasks of 20 ms; one client subprocess with 1 engine.
 """
@@ -108,8 +108,6 @@ _STALLED_CLIENT = textwrap.dedent("""
 """)
 
 
-@pytest.mark.xfail(strict=True, reason="a stalled client blames its engines (timers judge heartbeats before"
-                                       " sockets are read, _iothread.py/_engine.py), fixed on branch liveness")
 @pytest.mark.timeout(120)
 def test_stalled_client_keeps_its_engines():
     proc = subprocess.Popen([sys.executable, "-c", _STALLED_CLIENT], stdin=subprocess.PIPE,
