@@ -3,7 +3,8 @@
 The cycles run in a subprocess (so nothing else in the test session blurs the counts), with a
 private TMPDIR and JUPYTER_RUNTIME_DIR (so other processes' files do not either).  One cycle:
 ``Cluster(n=4)``, ``start_and_connect_sync()``, ``wait_for_engines(4)``, one ``apply_sync`` on all
-engines, ``stop_cluster_sync()``.  Counts are taken after a first (warm-up) cycle, which starts what
+engines, ``stop_cluster_sync()`` (also when the start fails: such cycles are counted, and may be
+at most 5%).  Counts are taken after a first (warm-up) cycle, which starts what
 lives for the whole process (the I/O thread, zmq's context), and again after the last cycle.
 
 Sizes: ``FAULTS_CYCLES`` cycles (default 100) of 4 engines.
@@ -48,23 +49,34 @@ _CYCLER = textwrap.dedent("""
         # A cycle that hangs shows where, in every thread, instead of a bare timeout.
         faulthandler.dump_traceback_later(CYCLE_TIMEOUT, exit=True)
         cluster = ipp.Cluster(n=4)
-        rc = cluster.start_and_connect_sync()
-        rc.wait_for_engines(4, timeout=60)
-        pids = rc[:].apply_sync(os.getpid)
-        assert len(set(pids)) == 4, pids
-        cluster.stop_cluster_sync()
-        return pids
+        try:
+            rc = cluster.start_and_connect_sync()
+            rc.wait_for_engines(4, timeout=30)
+            pids = rc[:].apply_sync(os.getpid)
+            assert len(set(pids)) == 4, pids
+            return pids, None
+        except (ipp.error.EngineStartError, TimeoutError) as exc:
+            # A start that fails must leak nothing either; the test counts these.
+            return [], f"{type(exc).__name__}: {exc}"[:500]
+        finally:
+            cluster.stop_cluster_sync()
 
-    engine_pids = cycle()  # warm-up
+    engine_pids, failed = cycle()  # warm-up
+    assert failed is None, failed
     before = counts()
     t0 = time.monotonic()
+    failed_starts = []
     for i in range(int(sys.argv[1])):
-        engine_pids += cycle()
-        print(f"cycle {i + 1} done at {time.monotonic() - t0:.1f} s", file=sys.stderr, flush=True)
+        pids, failed = cycle()
+        engine_pids += pids
+        if failed:
+            failed_starts.append(failed)
+            print(f"cycle {i + 1} failed to start: {failed}", file=sys.stderr, flush=True)
     faulthandler.cancel_dump_traceback_later()
     seconds = time.monotonic() - t0
     after = counts()
-    print(json.dumps({"before": before, "after": after, "engine_pids": engine_pids, "seconds": seconds}))
+    print(json.dumps({"before": before, "after": after, "engine_pids": engine_pids, "seconds": seconds,
+                      "failed_starts": failed_starts}))
 """)
 
 
@@ -96,8 +108,13 @@ def test_no_leaked_processes(cycles, measure):
     before, after = cycles["before"], cycles["after"]
     measure(f"{CYCLES} cycles of a 4-engine cluster took", round(cycles["seconds"], 1), "s")
     measure("child processes before/after the cycles", [len(before["children"]), len(after["children"])])
+    failed = cycles["failed_starts"]
+    measure("cycles whose engines failed to start", [len(failed), failed[:3]])
     assert after["children"] == before["children"] == []
-    assert len(cycles["engine_pids"]) == 4 * (CYCLES + 1)
+    # A busy machine can take a port between jupyter_client choosing it and the kernel binding
+    # it (the engine exits 'Address already in use'); that is not what this test is about.
+    assert len(failed) <= CYCLES // 20
+    assert len(cycles["engine_pids"]) == 4 * (CYCLES + 1 - len(failed))
     assert not [p for p in cycles["engine_pids"] if alive(p)]
 
 
