@@ -123,11 +123,12 @@ def test_no_leaked_threads(cycles, measure):
     measure("threads (Python / OS) before/after the cycles",
             [[len(before["threads"]), before["os_threads"]], [len(after["threads"]), after["os_threads"]]])
     assert after["threads"] == before["threads"]
-    assert after["os_threads"] == before["os_threads"]
+    # Threads Python does not see (zmq's, executors') may still be ending at the first count.
+    assert after["os_threads"] <= before["os_threads"]
 
 
 @pytest.mark.timeout(180 + 6 * CYCLES)
 def test_no_leaked_file_descriptors(cycles, measure):
     before, after = cycles["before"], cycles["after"]
     measure("file descriptors before/after the cycles", [before["fds"], after["fds"]])
-    assert after["fds"] == before["fds"]
+    assert after["fds"] <= before["fds"]
