@@ -38,6 +38,7 @@ from __future__ import annotations
 import collections
 import datetime
 import logging
+import os
 import signal
 import time
 import weakref
@@ -53,6 +54,7 @@ log = logging.getLogger("ipyparallel_ext")
 HEARTBEAT_PERIOD = 1.0
 HEARTBEAT_TIMEOUT = 4.0  # seconds without an echo before an engine counts as dead
 MISSED_PINGS = 3  # ... and at least this many pings, a period apart, went unanswered
+MAX_PINGS_OUT = 64  # unanswered pings remembered (a minute of silence at one a second)
 START_TIMEOUT = 60.0  # a starting kernel answers nothing until it has imported itself
 PROBE_PERIOD = 0.25  # how often a local engine's process is polled
 OUTPUT_GRACE = 2.0  # how long after its reply a request's outputs may still arrive
@@ -120,6 +122,12 @@ class EngineConnection:
         self._installed = False
         self._last_beat = loop.awake()  # on the loop's clock, which leaves out its stalls
         self._pings_unanswered = 0
+        # Each ping is unique (a random prefix per connection and a count), and
+        # only the echo of one still unanswered counts: forged, replayed or
+        # garbage frames on the heartbeat channel cannot keep an engine alive.
+        self._ping_prefix = os.urandom(8)
+        self._ping_count = 0
+        self._pings_out: collections.deque = collections.deque(maxlen=MAX_PINGS_OUT)
         self.beats = 0  # heartbeat echoes heard (an echo needs no key: it tells silent from deaf)
         self.kernel_info = None
         self.shell = self.iopub = self.control = self.hb = None  # until open()
@@ -235,7 +243,10 @@ class EngineConnection:
                 and self._pings_unanswered >= MISSED_PINGS):
             self.die(f"stopped answering heartbeats for {silent_for:.1f} s (process gone or unreachable)")
             return
-        self.hb.send(b"ping")
+        self._ping_count += 1
+        ping = self._ping_prefix + self._ping_count.to_bytes(8, "big")
+        self._pings_out.append(ping)
+        self.hb.send(ping)
         self._pings_unanswered += 1
         if self.ready and now - self._session_checked >= (SESSION_CHECK_PERIOD if self.load else SESSION_CHECK_IDLE):
             self._session_checked = now
@@ -249,6 +260,13 @@ class EngineConnection:
         self.loop.call_later(HEARTBEAT_PERIOD, self._heartbeat)
 
     def _on_heartbeat(self, frames) -> None:
+        echo = frames[0].bytes if len(frames) == 1 else None
+        if echo not in self._pings_out:
+            log.warning("engine %s: dropped an invalid heartbeat echo (%d frame(s): not the echo of a"
+                        " ping still unanswered)", self.id, len(frames))
+            return
+        while self._pings_out.popleft() != echo:  # this echo answers every older ping too
+            pass
         self._last_beat = self.loop.awake()
         self._pings_unanswered = 0
         self.beats += 1

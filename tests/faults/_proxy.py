@@ -93,4 +93,8 @@ class TamperingProxy:
                     self.received[channel].append(frames)
                     if channel == "hb" and not self.forward_heartbeats:
                         continue
-                other.send_multipart(frames)
+                try:
+                    # Never block: a stopped kernel must not keep the proxy from closing.
+                    other.send_multipart(frames, flags=zmq.NOBLOCK)
+                except zmq.Again:
+                    pass
