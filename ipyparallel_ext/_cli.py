@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import signal
 import subprocess
 import sys
 import tempfile
@@ -210,21 +209,11 @@ def _chosen(args, running) -> list:
 
 def _cluster_stop(args) -> int:
     from .cluster import _files
-    from .cluster._supervisor import ControlError, request
+    from .cluster._supervisor import stop_supervised
 
     running = _files.running_cluster_files()
     for cluster_id, path, data in _chosen(args, running):
-        supervisor = data["cluster"]["supervisor"]
-        pid = supervisor["pid"]
-        try:
-            request(supervisor, "stop", timeout=5.0)
-        except ControlError:
-            os.kill(pid, signal.SIGTERM)  # not answering: its signal handler stops the engines too
-        deadline = time.monotonic() + _STOP_WAIT
-        while _files.pid_alive(pid) and time.monotonic() < deadline:
-            time.sleep(0.05)
-        if _files.pid_alive(pid):
-            os.kill(pid, signal.SIGKILL)  # its engines follow it (their parent poller)
+        stop_supervised(data["cluster"]["supervisor"], wait=_STOP_WAIT)
         _files.remove_leftovers(path, data)
         print(f"cluster {cluster_id} stopped")
     return 0

@@ -537,7 +537,10 @@ class Cluster:
         for client in list(self._clients):
             client.close()
         if self._supervised_elsewhere:
-            await asyncio.to_thread(self._control, "stop")
+            from ._supervisor import stop_supervised
+
+            # Return once it is really stopped, as for a cluster of this process.
+            await asyncio.to_thread(stop_supervised, self.supervisor, _STOP_WAIT)
             self.engines, self.engine_sets = {}, {}
             _live_clusters.discard(self)
             return
@@ -703,8 +706,7 @@ class Cluster:
         from ._supervisor import request
 
         answer = request(self.supervisor, op, timeout=self.engine_timeout + _STOP_WAIT, **args)
-        if op != "stop":
-            self.refresh(wait=True)
+        self.refresh(wait=True)
         return answer
 
     def refresh(self, wait=False) -> bool:

@@ -60,6 +60,31 @@ def request(supervisor: dict, op: str, timeout: float = 30.0, **args) -> dict:
     return answer
 
 
+def stop_supervised(supervisor: dict, wait: float = 30.0) -> None:
+    """Stop a supervised cluster and return once its supervisor has exited.
+
+    Asks it to ``stop`` (SIGTERM if it does not answer: its handler stops
+    the engines too), waits up to ``wait`` seconds for it to stop its
+    engines and exit, then kills it (its engines follow it: their parent
+    poller).  A supervisor on another host is only asked.
+    """
+    pid = supervisor["pid"]
+    local = supervisor.get("host") == socket.gethostname()
+    try:
+        request(supervisor, "stop", timeout=5.0)
+    except ControlError:
+        if not local:
+            raise
+        os.kill(pid, signal.SIGTERM)
+    if not local:
+        return
+    deadline = time.monotonic() + wait
+    while _files.pid_alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    if _files.pid_alive(pid):
+        os.kill(pid, signal.SIGKILL)
+
+
 class Supervisor:
     """Runs a :class:`Cluster` and answers control requests until it is stopped."""
 
