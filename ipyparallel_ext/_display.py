@@ -111,15 +111,25 @@ class StreamPrinter:
     def __init__(self):
         self._last_prefix = ""
         self._at_line_start = True
+        # Prefixes whose unfinished line we ended ourselves (another engine's output
+        # came in between): the newline that later finishes it is already on screen.
+        self._ended_for = set()
 
     def write(self, text: str, prefix: str = "", file=None) -> None:
+        if prefix in self._ended_for and text:
+            self._ended_for.discard(prefix)
+            if text.startswith("\n"):  # a kernel may send print's text and its newline apart
+                text = text[1:]
         if not text:
             return
         file = sys.stdout if file is None else file
         head = ""
         if prefix and prefix != self._last_prefix:
+            if not self._at_line_start:
+                self._ended_for.add(self._last_prefix)
+                head = "\n"
             self._last_prefix = prefix
-            head = ("" if self._at_line_start else "\n") + prefix + "\n"
+            head += prefix + "\n"
         self._at_line_start = text.endswith("\n")
         print(head + text, file=file, end="")
 
@@ -127,6 +137,7 @@ class StreamPrinter:
         """End a last chunk that had no newline, so what follows starts on a new line."""
         if not self._at_line_start:
             print()
+            self._ended_for.add(self._last_prefix)
             self._at_line_start = True
 
 

@@ -429,3 +429,20 @@ def _alive(pid: int) -> bool:
         return False
     out = subprocess.run(["ps", "-o", "stat=", "-p", str(pid)], capture_output=True, text=True)
     return out.stdout.strip() not in ("", "Z")
+
+
+def test_a_line_split_across_stream_messages_reads_as_one_line(capsys):
+    # A kernel may publish print's text and its newline as two stream messages, with another
+    # engine's output in between: the newline that ends the first engine's line is not shown
+    # again as an empty block of its own (the 4-client fault test met this under load).
+    from ipyparallel_ext._display import StreamPrinter
+
+    printer = StreamPrinter()
+    printer.write("tag", "[stdout:0] ")
+    printer.write("tag\n", "[stdout:1] ")
+    printer.write("\n", "[stdout:0] ")
+    printer.write("dots", "[stdout:1] ")
+    printer.end_line()
+    printer.write("\nmore\n", "[stdout:1] ")
+    assert capsys.readouterr().out == (
+        "[stdout:0] \ntag\n[stdout:1] \ntag\ndots\nmore\n")
