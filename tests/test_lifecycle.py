@@ -309,10 +309,16 @@ def test_cluster_methods_have_ipyparallel_signatures():
 
 
 def test_cluster_arguments_are_never_silently_ignored():
-    with pytest.raises(NotImplementedError, match="only local engines"):
-        ipp.Cluster(engines="mpi")  # gave local engines without a word
-    with pytest.raises(NotImplementedError, match="only local engines"):
-        ipp.Cluster(engine_launcher_class="ipyparallel.cluster.launcher.SlurmEngineSetLauncher")
+    # engines="mpi" once gave local engines without a word; a launcher we lack says so.
+    with pytest.raises(NotImplementedError, match="pbs launcher has no counterpart"):
+        ipp.Cluster(engines="pbs")
+    with pytest.raises(NotImplementedError, match="sge launcher has no counterpart"):
+        ipp.Cluster(engine_launcher_class="ipyparallel.cluster.launcher.SGEEngineSetLauncher")
+    with pytest.raises(ValueError, match="unknown launcher"):
+        ipp.Cluster(engines="no-such-launcher")
+    with pytest.raises(TypeError, match="LocalLauncher options"):
+        ipp.Cluster(launcher_options={"hosts": {"a": 1}})
+    assert ipp.Cluster(engines="LocalEngineSetLauncher").engine_launcher_class == "local"
     with pytest.raises(TypeError, match="Only specify one"):
         ipp.Cluster(engines="local", engine_launcher_class="local")
     with pytest.raises(NotImplementedError, match="config"):

@@ -98,6 +98,9 @@ KEPT = {
     "extra: Cluster.engine_sets": "engine set id -> engine ids (ipyparallel's Cluster.engines maps set ids"
                                   " to launchers; ours maps engine ids to kernel managers)",
     "extra: Cluster.attach": PLUMBING,
+    "extra: Cluster.launcher": "the configured Launcher (engines=): its name is engine_launcher_class",
+    "extra: Cluster.engine_set_status": "each engine set's launcher state (a Slurm job's state and pending"
+                                        " reason, hosts, the mpiexec pid), for `cluster list` and the toolbar",
     "extra: Cluster.engine_options": PLUMBING,
     "extra: Cluster.log": "ipyparallel's Cluster.log is a trait (missing from its dir()); ours a plain attribute",
     "extra: Cluster.connection_files": "the engines' kernel connection files (attach a Client or a frontend)",

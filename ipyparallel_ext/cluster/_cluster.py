@@ -1,7 +1,8 @@
-"""Cluster: ipyparallel 9's Cluster API over local engine kernels started through jupyter_client.
+"""Cluster: ipyparallel 9's Cluster API over engine kernels started by a launcher.
 
-Engines are started by :class:`jupyter_client.AsyncKernelManager` (so any
-kernelspec and kernel provisioner works), in engine sets (one per
+Engines are started by a launcher (:mod:`._launcher`: local kernels through
+:class:`jupyter_client.AsyncKernelManager`, so any kernelspec and kernel
+provisioner works, or MPI, Slurm, SSH), in engine sets (one per
 :meth:`Cluster.start_engines` call, ids never reused), on a private event
 loop thread (:mod:`._local`); every async method runs there whoever
 awaits it, and its ``*_sync`` twin blocks on it (inside a notebook's running
@@ -36,13 +37,12 @@ import uuid
 import warnings
 import weakref
 
-from jupyter_client import AsyncKernelManager
-
 from .._client import Client, load_connection_file
 from .._engine import describe_exit
 from ._local import ENGINE_ARGS as ENGINE_ARGS  # the CLI's kernelspec uses them
-from ._local import ENGINE_KERNEL_NAME, AttachedEngine, EngineSpecManager, LoopThread, ProcessProbe
-from ._local import kernel_pid, start_listening, stop_kernel
+from ._launcher import LaunchContext, Launcher, launcher_class, make_launcher
+from ._local import ENGINE_KERNEL_NAME, AttachedEngine, AttachedEngineSet, EngineSpecManager, LoopThread
+from ._local import kernel_pid
 from ..error import EngineStartError
 from . import _files
 
@@ -60,24 +60,15 @@ def _check_ipp_options(engines, engine_launcher_class, controller, controller_la
                        config, ignored: dict) -> None:
     """Apply the policy for ipyparallel's Cluster arguments that have no meaning here.
 
-    A launcher other than local raises (ignoring it would start the wrong
-    engines); a controller option or a profile that asks for something
-    warns (there is no controller and no profile, so ignoring it changes
-    nothing the user can see).
+    The launcher itself is resolved by :func:`._launcher.make_launcher`
+    (an unknown or unsupported one raises); a controller option or a
+    profile that asks for something warns (there is no controller and no
+    profile, so ignoring it changes nothing the user can see).
     """
     if engines is not None and engine_launcher_class is not None:
         raise TypeError("Only specify one of 'engines' or 'engine_launcher_class', not both")
     if controller is not None and controller_launcher_class is not None:
         raise TypeError("Only specify one of 'controller' or 'controller_launcher_class', not both")
-    launcher = engines if engines is not None else engine_launcher_class
-    if launcher is not None:
-        name = launcher if isinstance(launcher, str) else getattr(launcher, "__name__", repr(launcher))
-        short = name.rsplit(".", 1)[-1].lower()
-        if short not in ("local", "localengine", "localenginesetlauncher"):
-            raise NotImplementedError(
-                f"Cluster(engines={launcher!r}): only local engines (engines='local') are supported"
-                f" yet; MPI, SSH and batch-system launchers are not. Start kernels there and attach"
-                f" them with Client(connection_files=[...])")
     if config:
         raise NotImplementedError(
             "Cluster(config=...): traitlets configuration is not read; pass the options as"
@@ -151,9 +142,14 @@ class Cluster:
         Level of this cluster's logger (``ipyparallel_ext.cluster.<id>``).
     log : logging.Logger, optional
         A logger to use instead.
-    engines, engine_launcher_class : str, optional
-        ipyparallel's launcher choice: only ``'local'`` is supported yet
-        (others raise NotImplementedError).
+    engines, engine_launcher_class : str or Launcher, optional
+        Where engines run: ``'local'`` (default), ``'mpi'``, ``'slurm'``,
+        ``'ssh'`` (ipyparallel's class names work too), or a configured
+        :class:`~ipyparallel_ext.cluster.Launcher` instance.
+    launcher_options : dict, optional
+        Options of the launcher named by ``engines`` (e.g. ``{"hosts":
+        {"node1": 4}}`` for ssh); beyond ipyparallel, which reads them from
+        traitlets config.
     controller, controller_launcher_class, controller_ip, controller_location, controller_args, delay, send_engines_connection_env
         ipyparallel's controller options: there is no controller, so these
         are ignored with a warning.
@@ -175,12 +171,14 @@ class Cluster:
                  cluster_file=None, engines=None, engine_launcher_class=None, controller=None,
                  controller_launcher_class=None, controller_ip=None, controller_location=None,
                  controller_args=None, delay=None, send_engines_connection_env=None, profile=None,
-                 profile_dir=None, load_profile=None, parent=None, config=None):
+                 profile_dir=None, load_profile=None, parent=None, config=None, launcher_options=None):
         _check_ipp_options(engines, engine_launcher_class, controller, controller_launcher_class, config, {
             "controller_ip": controller_ip, "controller_location": controller_location,
             "controller_args": controller_args, "delay": delay,
             "send_engines_connection_env": send_engines_connection_env, "profile": profile,
             "profile_dir": profile_dir, "load_profile": load_profile, "parent": parent})
+        self.launcher: Launcher = make_launcher(engines if engines is not None else engine_launcher_class,
+                                                launcher_options)
         self.n = n
         self.kernel_name = kernel_name or ENGINE_KERNEL_NAME
         self.cluster_id = cluster_id or uuid.uuid4().hex[:8]
@@ -193,15 +191,15 @@ class Cluster:
         self.log = log or logging.getLogger(f"ipyparallel_ext.cluster.{self.cluster_id}")
         if log_level is not None:
             self.log.setLevel(log_level)
-        self.engines: dict = {}  # engine id -> AsyncKernelManager (or AttachedEngine)
+        self.engines: dict = {}  # engine id -> its launcher's handle (an AsyncKernelManager for local ones)
         self.engine_sets: dict = {}  # engine set id (start_engines' return value) -> engine ids
+        self._sets: dict = {}  # engine set id -> the EngineSet its launcher returned
         self.engine_options = dict(_ENGINE_OPTIONS)  # what clients tell our engines' helpers
         self._next_id = 0  # engine ids are never reused, as in ipyparallel
         self._clients: weakref.WeakSet = weakref.WeakSet()
         self._lock = threading.Lock()  # engines and clients change together (attach vs. announce)
         self._runner = None
         self._folder = None
-        self._logs: dict = {}  # engine id -> its open log file
         self._watched: dict = {}  # engine id -> the process its auto-restart watcher watches
         self._flaps: dict = {}  # engine id -> deaths soon after a restart, in a row
         self._spec_manager = EngineSpecManager()
@@ -211,7 +209,10 @@ class Cluster:
         self._file_stamp = None  # (mtime_ns, size, inode) of the cluster file last read (from_dict)
         self._refreshing = threading.Lock()  # one refresh at a time (clients' ticks, scaling calls)
 
-    engine_launcher_class = "local"  # ipyparallel's launcher choice: the only one here
+    @property
+    def engine_launcher_class(self) -> str:
+        """The launcher's name ("local", "mpi", "slurm", "ssh"), ipyparallel's attribute."""
+        return self.launcher.name
 
     @property
     def log_level(self) -> int:
@@ -269,10 +270,19 @@ class Cluster:
     def _info(self, engine_id: int) -> dict:
         return load_connection_file(self.engines[engine_id].connection_file)
 
+    def _set_of(self, engine_id: int):
+        """The EngineSet engine ``engine_id`` belongs to."""
+        for set_id, ids in self.engine_sets.items():
+            if engine_id in ids:
+                return self._sets[set_id]
+        raise KeyError(f"no engine with id {engine_id} in this cluster (engines: {sorted(self.engines)})")
+
     def _probe(self, engine_id: int):
-        km = self.engines[engine_id]
-        process = getattr(km.provisioner, "process", None)
-        return None if process is None else ProcessProbe(process, self._logs[engine_id].name)
+        return self._set_of(engine_id).probe(engine_id)
+
+    def _engine_state(self, engine_id: int) -> str:
+        """'running' or 'dead', as far as this process can tell."""
+        return self._set_of(engine_id).state(engine_id)
 
     def _ids(self, engine_set_id) -> list:
         """Engine ids named by an engine set id, an engine id, a list of them, or None (all)."""
@@ -291,40 +301,14 @@ class Cluster:
 
     # -- starting ----------------------------------------------------------------------
 
-    def _new_manager(self, engine_id: int) -> AsyncKernelManager:
-        km = AsyncKernelManager(kernel_name=self.kernel_name, kernel_spec_manager=self._spec_manager)
-        km.ip = self.ip
-        km.connection_file = os.path.join(self._folder, f"engine-{engine_id}.json")
-        return km
-
-    def _launch_kwargs(self, engine_id: int) -> dict:
-        log = self._logs[engine_id]
-        return {"env": dict(os.environ, **self.env), "stdout": log, "stderr": log}
-
-    async def _start_one(self, engine_id: int):
-        # An engine's own output (kernel warnings, crash messages, C-level
-        # prints) goes to its log file, not into whatever cell started it.
-        log = open(os.path.join(self._folder, f"engine-{engine_id}.log"), "ab")  # noqa: SIM115
-        self._logs[engine_id] = log
-
-        async def start(fresh):
-            km = self._new_manager(engine_id)
-            await km.start_kernel(**self._launch_kwargs(engine_id))
-            return km
-
-        try:
-            return await start_listening(start, log.name, self.engine_timeout)
-        except BaseException:
-            self._logs.pop(engine_id).close()
-            raise
-
     @_on_cluster_loop
     async def start_engines(self, n=None, engine_set_id=None, **kwargs):
         """Start ``n`` more engines (default ``self.n``, else the number of CPUs); grow a running cluster.
 
         New engines get the next ids and join every client of this cluster.
-        ``kwargs`` are ipyparallel's launcher options, which local engines
-        do not take (any raise TypeError).
+        ``kwargs`` are ipyparallel's per-call launcher options, which no
+        launcher here takes (any raise TypeError): configure the launcher on
+        the Cluster (``engines=``, ``launcher_options=``).
 
         Returns
         -------
@@ -332,8 +316,8 @@ class Cluster:
             The engine set id, for :meth:`stop_engines` and friends.
         """
         if kwargs:
-            raise TypeError(f"start_engines() got launcher options {sorted(kwargs)}: local engines take"
-                            f" none (set kernel_name=, env=, ip= on the Cluster instead)")
+            raise TypeError(f"start_engines() got launcher options {sorted(kwargs)}: engines are configured"
+                            f" on the Cluster (kernel_name=, env=, ip=, engines=, launcher_options=)")
         if self._supervised_elsewhere:
             answer = await asyncio.to_thread(self._control, "add", n=n, engine_set_id=engine_set_id)
             return answer["engine_set_id"]
@@ -349,19 +333,20 @@ class Cluster:
         _live_clusters.add(self)
         ids = list(range(self._next_id, self._next_id + n))
         self._next_id += n
-        results = await asyncio.gather(*(self._start_one(i) for i in ids), return_exceptions=True)
-        errors = [r for r in results if isinstance(r, BaseException)]
-        if errors:
-            started = [km for km in results if not isinstance(km, BaseException)]
-            await asyncio.gather(*(stop_kernel(km) for km in started), return_exceptions=True)
-            for i in ids:
-                log = self._logs.pop(i, None)
-                if log is not None:
-                    log.close()
-            raise EngineStartError(f"{len(errors)} of {n} engines failed to start: {errors[0]}") from errors[0]
+        ctx = LaunchContext(cluster_id=self.cluster_id, folder=self._folder, engine_ids=ids,
+                            set_id=engine_set_id, kernel_name=self.kernel_name,
+                            spec_manager=self._spec_manager, ip=self.ip, env=dict(self.env),
+                            timeout=self.engine_timeout, log=self.log)
+        try:
+            engine_set = await self.launcher.start(ctx)
+        except EngineStartError:
+            raise
+        except Exception as e:  # a launcher's own failure, named as a start failure
+            raise EngineStartError(f"{self.launcher.name} launcher failed to start {n} engines: {e}") from e
         with self._lock:
-            self.engines.update(zip(ids, results))
+            self.engines.update(engine_set.engines)
             self.engine_sets[engine_set_id] = ids
+            self._sets[engine_set_id] = engine_set
             self._announce(ids)
         for i in ids:
             self._watch(i)
@@ -465,20 +450,9 @@ class Cluster:
         self.update_cluster_file()
 
     async def _restart_one(self, engine_id) -> None:
-        km = self.engines[engine_id]
-        if engine_id not in self._logs:  # an engine of another process (from_dict): its manager says why not
-            await km.restart_kernel(now=True)
-            return
-
-        async def start(fresh):
-            if not fresh:
-                await km.restart_kernel(now=True)
-                return km
-            new = self._new_manager(engine_id)
-            await new.start_kernel(**self._launch_kwargs(engine_id))
-            return new
-
-        self.engines[engine_id] = await start_listening(start, self._logs[engine_id].name, self.engine_timeout)
+        engine_set = self._set_of(engine_id)
+        await engine_set.restart(engine_id)
+        self.engines[engine_id] = engine_set.engines[engine_id]
 
     @_on_cluster_loop
     async def signal_engines(self, signum, engine_set_id=None):
@@ -509,17 +483,21 @@ class Cluster:
         for eid in ids:
             self._watched.pop(eid, None)
         self._stopping(ids, "was shut down", forget=True)
+        stops = []
         with self._lock:
-            managers = [self.engines.pop(i) for i in ids]
+            for i in ids:
+                self.engines.pop(i)
             for set_id, members in list(self.engine_sets.items()):
+                mine = [i for i in members if i in ids]
+                if mine:
+                    stops.append(self._sets[set_id].stop(mine))
                 members[:] = [i for i in members if i not in ids]
                 if not members:
                     del self.engine_sets[set_id]
-        await asyncio.gather(*(stop_kernel(km) for km in managers), return_exceptions=True)
-        for i in ids:
-            log = self._logs.pop(i, None)
-            if log is not None:
-                log.close()
+                    del self._sets[set_id]
+        results = await asyncio.gather(*stops, return_exceptions=True)
+        for error in (r for r in results if isinstance(r, BaseException)):
+            self.log.warning("stopping engines: %s", error)
         self.update_cluster_file()
 
     stop_engines_sync = _blocking(stop_engines)
@@ -541,7 +519,7 @@ class Cluster:
 
             # Return once it is really stopped, as for a cluster of this process.
             await asyncio.to_thread(stop_supervised, self.supervisor, _STOP_WAIT)
-            self.engines, self.engine_sets = {}, {}
+            self.engines, self.engine_sets, self._sets = {}, {}, {}
             _live_clusters.discard(self)
             return
         await self.stop_engines()
@@ -569,7 +547,7 @@ class Cluster:
 
     def _watch(self, engine_id) -> None:
         """With ``auto_restart``, watch the engine's process and restart it when it dies (cluster loop)."""
-        process = getattr(self.engines[engine_id].provisioner, "process", None)
+        process = self._set_of(engine_id).process(engine_id)
         if not self.auto_restart or process is None:
             return
         self._watched[engine_id] = process
@@ -616,16 +594,14 @@ class Cluster:
                         "engine_timeout": self.engine_timeout, "ip": self.ip,
                         "auto_restart": self.auto_restart, "folder": self._folder,
                         "next_id": self._next_id, "supervisor": self.supervisor},
-            "engines": {"class": "local", "sets": sets},
+            "engines": {"class": self.launcher.name, "options": self.launcher.options(), "sets": sets,
+                        "launchers": {set_id: s.to_dict() for set_id, s in self._sets.items()}},
         }
 
-    def _engine_state(self, engine_id) -> str:
-        """'running' or 'dead' (its process has exited), from this process's view of the engine."""
-        km = self.engines[engine_id]
-        process = getattr(km.provisioner, "process", None)
-        if process is not None:
-            return "running" if process.poll() is None else "dead"
-        return "running" if _files.pid_alive(kernel_pid(km)) else "dead"
+    def engine_set_status(self) -> dict:
+        """``{engine set id: status}``: each set's launcher, state and what else its launcher knows
+        (a Slurm job id, state and pending reason; hosts; the mpiexec pid)."""
+        return {set_id: engine_set.status() for set_id, engine_set in self._sets.items()}
 
     @classmethod
     def from_dict(cls, d, **kwargs):
@@ -652,7 +628,8 @@ class Cluster:
         self._folder = info.get("folder")
         self._next_id = info.get("next_id", 0)
         self.supervisor = info.get("supervisor")
-        engines, sets = {}, {}
+        engines, sets, set_objects = {}, {}, {}
+        saved_sets = d.get("engines", {}).get("launchers", {})
         for set_id, members in d.get("engines", {}).get("sets", {}).items():
             ids = []
             for key, engine in members.items():
@@ -670,8 +647,24 @@ class Cluster:
                 ids.append(eid)
             if ids:
                 sets[set_id] = ids
+                set_objects[set_id] = self._attached_set(set_id, saved_sets.get(set_id),
+                                                         {i: engines[i] for i in ids})
         with self._lock:
-            self.engines, self.engine_sets = engines, sets
+            self.engines, self.engine_sets, self._sets = engines, sets, set_objects
+
+    def _attached_set(self, set_id, saved, handles):
+        """The EngineSet for engines of another process: the one we had, its launcher's, or one by pid."""
+        old = self._sets.get(set_id)
+        if old is not None and all(old.engines.get(i) is h for i, h in handles.items()):
+            return old
+        name = (saved or {}).get("launcher", "local")
+        attached = None
+        if saved:
+            try:
+                attached = launcher_class(name).attach(saved, handles)
+            except (ImportError, ValueError, NotImplementedError):
+                attached = None
+        return attached if attached is not None else AttachedEngineSet(name, handles, saved)
 
     @classmethod
     def from_file(cls, cluster_file=None, *, profile=None, profile_dir=None, cluster_id="", **kwargs):
@@ -739,7 +732,7 @@ class Cluster:
         if data is None or not _files.supervisor_alive(data):
             gone = sorted(self.engines)
             with self._lock:
-                self.engines, self.engine_sets = {}, {}
+                self.engines, self.engine_sets, self._sets = {}, {}, {}
             self._stopping(gone, f"was shut down: cluster {self.cluster_id} stopped", forget=True)
             self._file_stamp = None
             return False

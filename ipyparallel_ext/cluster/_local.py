@@ -1,4 +1,4 @@
-"""Local engine kernels: the engine kernelspec, the loop thread kernel managers live on, process probes.
+"""Local engine kernels: the default launcher, the engine kernelspec, the cluster's loop thread, process probes.
 
 What :class:`~._cluster.Cluster` needs to start, watch and stop kernels on
 this machine through jupyter_client, and to stop or signal kernels another
@@ -16,8 +16,13 @@ import time
 
 import zmq
 import zmq.asyncio
+from jupyter_client import AsyncKernelManager
 from jupyter_client.kernelspec import KernelSpec, KernelSpecManager
 from jupyter_core.paths import jupyter_path
+
+from ..error import EngineStartError
+from ._files import pid_alive
+from ._launcher import EngineSet, LaunchContext, Launcher
 
 _ATTACHED_STOP_WAIT = 5.0  # seconds an engine of another process gets to exit after SIGTERM
 _PORT_TRIES = 3  # starts of a kernel on fresh ports before its failure is left to its clients to report
@@ -228,3 +233,116 @@ def _said_port_taken(log_path: str, since: int) -> bool:
             return b"Address already in use" in f.read()
     except OSError:
         return False
+
+
+class LocalEngineSet(EngineSet):
+    """Kernels on this machine, each started by its own AsyncKernelManager (any kernelspec or provisioner)."""
+
+    launcher = "local"
+
+    def __init__(self, ctx: LaunchContext):
+        super().__init__()
+        self.ctx = ctx
+        self.logs: dict = {}  # engine id -> its open log file
+
+    def _new_manager(self, engine_id: int) -> AsyncKernelManager:
+        km = AsyncKernelManager(kernel_name=self.ctx.kernel_name, kernel_spec_manager=self.ctx.spec_manager)
+        km.ip = self.ctx.ip
+        km.connection_file = os.path.join(self.ctx.folder, f"engine-{engine_id}.json")
+        return km
+
+    def _launch_kwargs(self, engine_id: int) -> dict:
+        log = self.logs[engine_id]
+        return {"env": dict(os.environ, **self.ctx.env), "stdout": log, "stderr": log}
+
+    async def start_one(self, engine_id: int) -> None:
+        # An engine's own output (kernel warnings, crash messages, C-level
+        # prints) goes to its log file, not into whatever cell started it.
+        log = open(os.path.join(self.ctx.folder, f"engine-{engine_id}.log"), "ab")  # noqa: SIM115
+        self.logs[engine_id] = log
+
+        async def start(fresh):
+            km = self._new_manager(engine_id)
+            await km.start_kernel(**self._launch_kwargs(engine_id))
+            return km
+
+        try:
+            self.engines[engine_id] = await start_listening(start, log.name, self.ctx.timeout)
+        except BaseException:
+            self.logs.pop(engine_id).close()
+            raise
+
+    async def restart(self, engine_id: int) -> None:
+        km = self.engines[engine_id]
+
+        async def start(fresh):
+            if not fresh:
+                await km.restart_kernel(now=True)
+                return km
+            new = self._new_manager(engine_id)
+            await new.start_kernel(**self._launch_kwargs(engine_id))
+            return new
+
+        self.engines[engine_id] = await start_listening(start, self.logs[engine_id].name, self.ctx.timeout)
+
+    async def stop(self, engine_ids) -> None:
+        managers = [self.engines.pop(i) for i in engine_ids if i in self.engines]
+        await asyncio.gather(*(stop_kernel(km) for km in managers), return_exceptions=True)
+        for i in engine_ids:
+            log = self.logs.pop(i, None)
+            if log is not None:
+                log.close()
+
+    def process(self, engine_id: int):
+        return getattr(self.engines[engine_id].provisioner, "process", None)
+
+    def probe(self, engine_id: int):
+        process = self.process(engine_id)
+        return None if process is None else ProcessProbe(process, self.logs[engine_id].name)
+
+    def state(self, engine_id: int) -> str:
+        process = self.process(engine_id)
+        if process is not None:
+            return "running" if process.poll() is None else "dead"
+        return "running" if pid_alive(kernel_pid(self.engines[engine_id])) else "dead"
+
+
+class LocalLauncher(Launcher):
+    """Engines as kernels on this machine, through jupyter_client (``engines="local"``, the default)."""
+
+    name = "local"
+
+    async def start(self, ctx: LaunchContext) -> LocalEngineSet:
+        engine_set = LocalEngineSet(ctx)
+        results = await asyncio.gather(*(engine_set.start_one(i) for i in ctx.engine_ids),
+                                       return_exceptions=True)
+        errors = [r for r in results if isinstance(r, BaseException)]
+        if errors:
+            await engine_set.stop(list(engine_set.engines))
+            raise EngineStartError(f"{len(errors)} of {len(ctx.engine_ids)} engines failed to start:"
+                                   f" {errors[0]}") from errors[0]
+        return engine_set
+
+
+class AttachedEngineSet(EngineSet):
+    """Engines of another process (a cluster file), stopped one by one through their pids."""
+
+    def __init__(self, launcher: str, engines: dict, saved: dict | None = None):
+        super().__init__()
+        self.launcher = launcher
+        self.engines = engines
+        self.saved = saved or {"launcher": launcher, "state": "running"}
+
+    async def restart(self, engine_id: int) -> None:
+        await self.engines[engine_id].restart_kernel(now=True)  # says why it cannot
+
+    async def stop(self, engine_ids) -> None:
+        handles = [self.engines.pop(i) for i in engine_ids if i in self.engines]
+        await asyncio.gather(*(stop_kernel(h) for h in handles), return_exceptions=True)
+
+    def state(self, engine_id: int) -> str:
+        return "running" if self.engines[engine_id].is_running() else "dead"
+
+    def status(self) -> dict:
+        return dict(self.saved)
+
