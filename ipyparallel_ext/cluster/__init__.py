@@ -15,5 +15,6 @@ from ._launcher import LaunchContext as LaunchContext
 from ._launcher import Launcher as Launcher
 from ._local import LocalLauncher as LocalLauncher
 from ._manager import ClusterManager as ClusterManager
+from ._slurm import SlurmLauncher as SlurmLauncher
 
-__all__ = ["Cluster", "ClusterManager", "EngineSet", "LaunchContext", "Launcher", "LocalLauncher"]
+__all__ = ["Cluster", "ClusterManager", "EngineSet", "LaunchContext", "Launcher", "LocalLauncher", "SlurmLauncher"]
