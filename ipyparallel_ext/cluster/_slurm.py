@@ -58,7 +58,8 @@ _LOG_TAIL = 5  # lines of each engine's log (and the job's output) shown when a 
 _ALIVE = ("PENDING", "CONFIGURING", "RUNNING", "SUSPENDED", "REQUEUED", "RESIZING", "SIGNALING")
 _PORTS = ("shell_port", "iopub_port", "stdin_port", "control_port", "hb_port")
 
-# Runs in each srun task, on the compute node, with only the standard library:
+# Runs in each srun task, on the compute node, with only the standard library
+# (srun --wait=0 --kill-on-bad-exit=0: an engine that ends does not end the others):
 #   python -c _BOOTSTRAP <folder> <ip mode> <submitting host> <cluster ip> <engine ids...> -- <kernel argv>
 # It picks this task's engine id from SLURM_PROCID, the address to listen on
 # and the one to advertise, writes the kernel's connection file (0600; ports 0,
@@ -72,8 +73,6 @@ host = socket.gethostname()
 
 def routed():
     # The address of this node's interface on the route to the submitting host (no packet is sent).
-    if host == submit_host:
-        return cluster_ip
     try:
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
             s.connect((socket.gethostbyname(submit_host), 9))
@@ -82,15 +81,20 @@ def routed():
         return socket.gethostbyname(host)
 
 if mode.startswith("if:"):
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:  # SIOCGIFADDR
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:  # SIOCGIFADDR: the interface's address
         packed = fcntl.ioctl(s.fileno(), 0x8915, struct.pack("256s", mode[3:][:15].encode()))
-    listen = advertised = socket.inet_ntoa(packed[20:24])
-elif mode == "*":
-    listen, advertised = "0.0.0.0", routed()
+    listen = socket.inet_ntoa(packed[20:24])
 elif mode == "auto":
-    listen = advertised = routed()
+    listen = cluster_ip if host == submit_host else routed()
 else:
-    listen = advertised = mode
+    listen = mode
+listen = "0.0.0.0" if listen == "*" else listen
+if listen != "0.0.0.0":
+    advertised = listen
+elif host == submit_host:
+    advertised = "127.0.0.1" if cluster_ip in ("*", "0.0.0.0") else cluster_ip
+else:
+    advertised = routed()
 log = os.open(os.path.join(folder, "engine-%s.log" % eid), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
 os.dup2(log, 1)
 os.dup2(log, 2)
@@ -229,12 +233,25 @@ class SlurmEngineSet(EngineSet):
 
     async def stop(self, engine_ids) -> None:
         handles = [self.engines.pop(i) for i in engine_ids if i in self.engines]
-        # Handles of another process's engines (attached from a cluster file) stop a kernel by
-        # SIGTERM, which fails the job step: when the whole job goes, scancel stops them instead.
-        if self.engines or all(isinstance(h, SlurmEngine) for h in handles):
+        if self.engines or await self._kernels_to_stop(handles):
             await asyncio.gather(*(stop_kernel(h) for h in handles), return_exceptions=True)
         if not self.engines:
             await self.cancel()
+
+    async def _kernels_to_stop(self, handles) -> bool:
+        """Whether the last kernels of the job are worth a shutdown of their own before scancel.
+
+        Not when the job has ended (no kernel would answer: each shutdown
+        would wait :data:`_SHUTDOWN_WAIT` for nothing), nor for another
+        process's engines attached from a cluster file: their handles stop
+        a kernel by SIGTERM, which fails the job step, so scancel does it.
+        """
+        if not all(isinstance(h, SlurmEngine) for h in handles):
+            return False
+        try:
+            return (await asyncio.to_thread(self.refresh))["state"] in _ALIVE
+        except EngineStartError:  # squeue does not answer: try the kernels all the same
+            return True
 
     async def cancel(self) -> None:
         """``scancel`` the job, wait (bounded) until squeue no longer lists it, remove our folder."""
@@ -334,8 +351,8 @@ class SlurmLauncher(Launcher):
                 options.append(f"--{flag}={value}")
         mode = f"if:{self.interface}" if self.interface else (self.ip or "auto")
         env = dict(spec.env or {}, **ctx.env)
-        srun = [self.commands["srun"], "--kill-on-bad-exit=0", sys.executable, "-c", _BOOTSTRAP, folder, mode,
-                socket.gethostname(), ctx.ip, *map(str, ctx.engine_ids), "--", *argv]
+        srun = [self.commands["srun"], "--kill-on-bad-exit=0", "--wait=0", sys.executable, "-c", _BOOTSTRAP,
+                folder, mode, socket.gethostname(), ctx.ip, *map(str, ctx.engine_ids), "--", *argv]
         return "\n".join([
             "#!/bin/sh",
             *(f"#SBATCH {option}" for option in options + self.extra_sbatch),
@@ -349,7 +366,7 @@ class SlurmLauncher(Launcher):
     async def start(self, ctx: LaunchContext) -> SlurmEngineSet:
         base = self.shared_dir or ctx.folder
         os.makedirs(base, mode=0o700, exist_ok=True)
-        folder = tempfile.mkdtemp(prefix=f"slurm-{ctx.set_id}-", dir=base)
+        folder = tempfile.mkdtemp(prefix=f"slurm-{ctx.cluster_id}-{ctx.set_id}-", dir=base)
         path = os.path.join(folder, "job.sh")
         with open(path, "w") as f:
             f.write(self.script(ctx, folder))
@@ -401,6 +418,9 @@ async def _wait_for_engines(engine_set: SlurmEngineSet, ctx: LaunchContext) -> N
             if last["state"] == "PENDING" and last["reason"] and last["reason"] != reported:
                 reported = last["reason"]
                 ctx.log.warning("slurm job %s pending (%s)", job, reported)
+            elif last["state"] == "RUNNING" and reported not in (None, "RUNNING"):
+                reported = "RUNNING"
+                ctx.log.info("slurm job %s running on %s", job, last["nodes"])
             if last["state"] not in _ALIVE:
                 raise EngineStartError(f"slurm job {job} is {last['state']}"
                                        f"{' (' + last['reason'] + ')' if last['reason'] else ''} before"

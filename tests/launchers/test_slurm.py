@@ -5,6 +5,7 @@ also cancels leftovers and checks the queue is empty before it stops the
 daemons).
 """
 
+import json
 import logging
 import os
 import re
@@ -90,6 +91,12 @@ def test_two_engines_in_one_job(slurm, slurm_cluster, shell):
     finally:
         magics.retire()
 
+    # One engine of the job stops; the job, and the other engine, go on.
+    cluster.stop_engines_sync([1])
+    assert wait_until(lambda: not psutil.pid_exists(pids[1]), timeout=10)
+    assert rc[0].apply_sync(os.getpid) == pids[0]
+    assert slurm.jobs() == [job]
+
     folder = status["folder"]
     cluster.stop_cluster_sync()
     assert slurm.jobs() == []
@@ -135,6 +142,32 @@ def test_another_process_stops_the_job(slurm, slurm_cluster):
     other.stop_cluster_sync()
     assert slurm.jobs() == []
     assert job_state(status["job_id"]) in ("COMPLETED", "CANCELLED")
+
+
+@needs_slurm
+@pytest.mark.parametrize("option, listening", [({"ip": "*"}, "0.0.0.0"), ({"interface": "lo"}, "127.0.0.1")])
+def test_listen_address(slurm_cluster, option, listening):
+    # One node here: the address clients use is loopback either way; the kernels bind where told.
+    cluster, rc = slurm_cluster(1, **option)
+    pid = rc[0].apply_sync(os.getpid)
+    with open(cluster.connection_files[0]) as f:
+        info = json.load(f)
+    assert info["ip"] == "127.0.0.1"
+    ports = {info[name] for name in ("shell_port", "iopub_port", "stdin_port", "control_port", "hb_port")}
+    bound = {(c.laddr.ip, c.laddr.port) for c in psutil.Process(pid).net_connections("tcp")
+             if c.status == "LISTEN"}
+    assert {(listening, port) for port in ports} <= bound
+
+
+@needs_slurm
+def test_engines_that_cannot_start_show_the_job_output(slurm):
+    # Python itself fails in the job's tasks: the job ends before any engine wrote its file.
+    cluster = ipp.Cluster(n=2, engines="slurm", env={"PYTHONHOME": "/nonexistent"})
+    ended = r"(?s)slurm job \d+ is (FAILED|COMPLETED).*job.out.*No module named 'encodings'"
+    with pytest.raises(EngineStartError, match=ended):
+        cluster.start_cluster_sync()
+    assert slurm.jobs() == []
+    cluster.stop_cluster_sync()
 
 
 @needs_slurm
