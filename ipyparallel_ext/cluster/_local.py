@@ -205,22 +205,31 @@ async def start_listening(start, log_path: str, timeout: float):
 
 async def _heartbeat_or_exit(km, timeout: float):
     """None once the kernel echoes a heartbeat (its ports are all bound), or its exit code if it dies first."""
+    process = getattr(km.provisioner, "process", None)
+    await heartbeat(heartbeat_address(km.transport, km.ip, km.hb_port), timeout, process)
+    # Not answered in time: slow, not dead (None), its clients wait for it and say so.
+    return None if process is None else process.poll()
+
+
+def heartbeat_address(transport: str, ip: str, port: int) -> str:
+    """The zmq address of a kernel's heartbeat socket (or any of its sockets)."""
+    return f"ipc://{ip}-{port}" if transport == "ipc" else f"{transport}://{ip}:{port}"
+
+
+async def heartbeat(address: str, timeout: float, process=None) -> bool:
+    """True once the kernel at ``address`` echoes a ping; False after ``timeout`` or once ``process`` exits."""
     sock = zmq.asyncio.Context.instance().socket(zmq.DEALER)
     sock.linger = 0
-    if km.transport == "ipc":
-        sock.connect(f"ipc://{km.ip}-{km.hb_port}")
-    else:
-        sock.connect(f"{km.transport}://{km.ip}:{km.hb_port}")
-    process = getattr(km.provisioner, "process", None)
+    sock.connect(address)
     deadline = time.monotonic() + timeout
     try:
         await sock.send(b"ping")  # queued until the kernel's heartbeat socket is bound
         while time.monotonic() < deadline:
             if await sock.poll(_EXIT_CHECK * 1000):
-                return None
+                return True
             if process is not None and process.poll() is not None:
-                return process.returncode
-        return None  # slow, not dead: its clients wait for it and say so
+                return False
+        return False
     finally:
         sock.close()
 
