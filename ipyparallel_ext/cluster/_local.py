@@ -113,15 +113,20 @@ class ProcessProbe:
 
     def log_tail(self, lines: int = 5) -> str:
         """The last lines the engine wrote to its log."""
-        try:
-            with open(self.log_path, "rb") as f:
-                f.seek(max(0, os.path.getsize(self.log_path) - 4096))
-                text = f.read().decode(errors="replace")
-        except OSError:
-            return ""
-        # Every kernel warns about plain TCP at start; that says nothing about a death.
-        kept = [line for line in text.strip().splitlines() if "without encryption" not in line]
-        return "\n".join(kept[-lines:])
+        return log_tail(self.log_path, lines)
+
+
+def log_tail(path: str, lines: int = 5) -> str:
+    """The last ``lines`` lines of a kernel's (or a launcher's) log file, or '' if there is none."""
+    try:
+        with open(path, "rb") as f:
+            f.seek(max(0, os.path.getsize(path) - 4096))
+            text = f.read().decode(errors="replace")
+    except OSError:
+        return ""
+    # Every kernel warns about plain TCP at start; that says nothing about a death.
+    kept = [line for line in text.strip().splitlines() if "without encryption" not in line]
+    return "\n".join(kept[-lines:])
 
 
 class AttachedEngine:
