@@ -46,7 +46,7 @@ from jupyter_client.asynchronous import AsyncKernelClient
 from ..error import EngineStartError
 from ._files import pid_alive, write_cluster_file
 from ._launcher import EngineSet, LaunchContext, Launcher
-from ._local import _heartbeat_or_exit, stop_kernel
+from ._local import heartbeat, heartbeat_address, log_tail, stop_kernel
 
 _COMMAND_TIMEOUT = 30.0  # seconds an sbatch/squeue/scancel/scontrol call may take (a busy slurmctld)
 _POLL = 0.2  # how often the engines' connection files are looked for while a job starts
@@ -143,15 +143,6 @@ def job_state(commands: dict, job_id: str) -> dict:
             "nodes": fields.get("NodeList") or None}
 
 
-def _tail(path: str, lines: int = _LOG_TAIL) -> str:
-    try:
-        with open(path, errors="replace") as f:
-            kept = [line.rstrip() for line in f if "without encryption" not in line]
-    except OSError:
-        return ""
-    return "\n".join(kept[-lines:])
-
-
 class SlurmEngine:
     """A kernel in a Slurm job: the handle :attr:`EngineSet.engines` holds for it.
 
@@ -164,7 +155,7 @@ class SlurmEngine:
                  commands: dict):
         self.engine_id = engine_id
         self.connection_file = connection_file
-        self.transport, self.ip, self.hb_port = info["transport"], info["ip"], info["hb_port"]
+        self.address = heartbeat_address(info["transport"], info["ip"], info["hb_port"])
         self.host = node["host"]
         self.remote_pid = node["pid"]
         self.pid = node["pid"] if node["host"] == socket.gethostname() else None
@@ -443,7 +434,15 @@ async def _wait_for_engines(engine_set: SlurmEngineSet, ctx: LaunchContext) -> N
         engine_set.engines[eid] = SlurmEngine(eid, client_file, dict(info, ip=node["ip"]), node, job,
                                               engine_set.commands)
     remaining = max(deadline - time.monotonic(), 1.0)
-    await asyncio.gather(*(_heartbeat_or_exit(h, remaining) for h in engine_set.engines.values()))
+    handles = list(engine_set.engines.values())
+    answered = await asyncio.gather(*(heartbeat(h.address, remaining) for h in handles))
+    silent = [f"{h.engine_id} ({h.address} on {h.host})" for h, ok in zip(handles, answered) if not ok]
+    if silent:
+        # Typically an address this host cannot reach: a firewall, or the wrong interface.
+        raise EngineStartError(f"engines {', '.join(silent)} of slurm job {job} started but their heartbeats"
+                               f" did not answer here within {remaining:.0f} s: is that address reachable"
+                               f" from {socket.gethostname()}? (launcher options ip=, interface=)"
+                               f"{_logs(folder, ctx.engine_ids)}")
 
 
 def _read_node_file(path: str):
@@ -463,7 +462,7 @@ def _logs(folder: str, engine_ids) -> str:
     """The end of the job's output and of each engine's log, for a start failure's message."""
     parts = []
     for name in ["job.out", *(f"engine-{i}.log" for i in engine_ids)]:
-        tail = _tail(os.path.join(folder, name))
+        tail = log_tail(os.path.join(folder, name), _LOG_TAIL)
         if tail:
             parts.append(f"\n--- {name}:\n{tail}")
     return "".join(parts)

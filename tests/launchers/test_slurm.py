@@ -171,6 +171,16 @@ def test_engines_that_cannot_start_show_the_job_output(slurm):
 
 
 @needs_slurm
+def test_an_address_not_on_the_node_is_named(slurm):
+    # 192.0.2.1 (TEST-NET-1) is no address of this node: the kernels cannot bind, and say so in their logs.
+    cluster = ipp.Cluster(n=1, engines="slurm", launcher_options={"ip": "192.0.2.1"})
+    with pytest.raises(EngineStartError, match=r"(?s)slurm job \d+ is .*engine-0.log.*Cannot assign requested"):
+        cluster.start_cluster_sync()
+    assert slurm.jobs() == []
+    cluster.stop_cluster_sync()
+
+
+@needs_slurm
 def test_pending_job_says_why_and_is_cancelled(slurm, caplog):
     # More CPUs than the node has: the job pends with reason PartitionConfig.
     cluster = ipp.Cluster(n=2, engines="slurm", engine_timeout=5,
