@@ -312,7 +312,9 @@ class SlurmLauncher(Launcher):
             raise TypeError("give the Slurm launcher ip= or interface=, not both")
         self.partition, self.time, self.account = partition, time, account
         self.extra_sbatch = lines
-        self.ip, self.interface, self.shared_dir = ip, interface, shared_dir
+        self.ip, self.interface = ip, interface
+        # Absolute: the path is used as it is on the nodes, where the job's working directory may differ.
+        self.shared_dir = os.path.abspath(os.path.expanduser(shared_dir)) if shared_dir else None
         self.commands = {"sbatch": sbatch, "srun": srun, "squeue": squeue, "scancel": scancel,
                          "scontrol": scontrol}
 

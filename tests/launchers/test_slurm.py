@@ -106,9 +106,11 @@ def test_two_engines_in_one_job(slurm, slurm_cluster, shell):
 
 
 @needs_slurm
-def test_lost_job_fails_work_and_shows_state(slurm, slurm_cluster):
-    cluster, rc = slurm_cluster(2)
+def test_lost_job_fails_work_and_shows_state(slurm, slurm_cluster, tmp_path):
+    shared = tmp_path / "shared"
+    cluster, rc = slurm_cluster(2, shared_dir=str(shared))
     (status,) = cluster.engine_set_status().values()
+    assert os.path.dirname(status["folder"]) == str(shared)
     running = [rc[i].apply_async(snooze, 30) for i in rc.ids]
     subprocess.run(["scancel", status["job_id"]], check=True)
     for ar in running:
@@ -119,6 +121,7 @@ def test_lost_job_fails_work_and_shows_state(slurm, slurm_cluster):
     assert slurm.jobs() in ([], [status["job_id"]])  # COMPLETING jobs are still listed
     cluster.stop_cluster_sync()  # the job is gone already: stop must not fail
     assert slurm.jobs() == []
+    assert os.listdir(shared) == []
 
 
 @needs_slurm
