@@ -333,7 +333,7 @@ class SlurmLauncher(Launcher):
         engine_set.last = {k: saved.get(k) for k in ("state", "reason", "nodes")}
         return engine_set
 
-    def script(self, ctx: LaunchContext, folder: str) -> str:
+    def _script(self, ctx: LaunchContext, folder: str) -> str:
         """The batch script that starts engines ``ctx.engine_ids`` with their files in ``folder``."""
         spec = ctx.spec_manager.get_kernel_spec(ctx.kernel_name)
         argv = [a.replace("{resource_dir}", spec.resource_dir or "") for a in spec.argv]
@@ -357,12 +357,14 @@ class SlurmLauncher(Launcher):
         ])
 
     async def start(self, ctx: LaunchContext) -> SlurmEngineSet:
+        if not ctx.engine_ids:
+            raise ValueError("a Slurm job needs at least one engine to start (n >= 1)")
         base = self.shared_dir or ctx.folder
         os.makedirs(base, mode=0o700, exist_ok=True)
         folder = tempfile.mkdtemp(prefix=f"slurm-{ctx.cluster_id}-{ctx.set_id}-", dir=base)
         path = os.path.join(folder, "job.sh")
         with open(path, "w") as f:
-            f.write(self.script(ctx, folder))
+            f.write(self._script(ctx, folder))
         try:
             out = await asyncio.to_thread(_command, [self.commands["sbatch"], "--parsable", path])
         except BaseException:
