@@ -2,7 +2,7 @@
 
 :class:`SlurmInstance` writes a minimal ``slurm.conf`` in a temp dir (free
 ports, state/spool/log/pid files there, no accounting database, auth/none
-when the plugin exists, else munge), points ``SLURM_CONF`` at it, starts the
+when the plugin exists, else munge through a munged of its own), points ``SLURM_CONF`` at it, starts the
 two daemons in the foreground and waits for the node to be idle.
 :meth:`SlurmInstance.stop` cancels every job and waits for an empty queue
 before it stops the daemons: killing slurmd does not end running job steps.
@@ -69,7 +69,8 @@ def _real_memory() -> int:
 class SlurmInstance:
     """slurmctld + slurmd on localhost, configured in a temp dir; :meth:`start`, then :meth:`stop`."""
 
-    def __init__(self):
+    def __init__(self, auth: str | None = None):
+        self.auth = auth or _auth()
         self.dir = tempfile.mkdtemp(prefix="slurm-test-")
         self.conf = os.path.join(self.dir, "slurm.conf")
         self.cpus = os.cpu_count() or 1
@@ -77,14 +78,15 @@ class SlurmInstance:
         self._env_before = os.environ.get("SLURM_CONF")
 
     def _write_conf(self) -> None:
-        d, auth = self.dir, _auth()
+        d, auth = self.dir, self.auth
         for sub in ("state", "spool"):
             os.makedirs(os.path.join(d, sub), exist_ok=True)
+        munge = [f"AuthInfo=socket={self.munge_socket}"] if auth == "auth/munge" else []
         lines = [
             "ClusterName=ipptest", "SlurmctldHost=localhost",
             f"SlurmctldPort={_free_port()}", f"SlurmdPort={_free_port()}",
             "SlurmUser=root", "SlurmdUser=root",
-            f"AuthType={auth}", f"CredType={auth.replace('auth', 'cred')}",
+            f"AuthType={auth}", f"CredType={auth.replace('auth', 'cred')}", *munge,
             "ProctrackType=proctrack/linuxproc", "TaskPlugin=task/none",
             "JobAcctGatherType=jobacct_gather/none", "AccountingStorageType=accounting_storage/none",
             "SelectType=select/cons_tres", "SelectTypeParameters=CR_Core",
@@ -99,16 +101,41 @@ class SlurmInstance:
         with open(self.conf, "w") as f:
             f.write("\n".join(lines) + "\n")
 
+    @property
+    def munge_socket(self) -> str:
+        return os.path.join(self.dir, "munge", "munge.socket")
+
+    def _start_munged(self) -> None:
+        """A munged of our own (temp key, socket, pid, log and seed files) for auth/munge."""
+        folder = os.path.dirname(self.munge_socket)
+        os.makedirs(folder)
+        os.chmod(folder, 0o711)  # munged wants its socket folder searchable by all (clients run as any user)
+        key = os.path.join(folder, "munge.key")
+        with open(os.open(key, os.O_WRONLY | os.O_CREAT, 0o600), "wb") as f:
+            f.write(os.urandom(1024))
+        # --force: as root, and with the socket under /tmp (a sticky, world-writable parent).
+        self._spawn([_sbin("munged"), "--foreground", "--force", f"--socket={self.munge_socket}",
+                     f"--key-file={key}", f"--pid-file={folder}/munged.pid", f"--log-file={folder}/munged.log",
+                     f"--seed-file={folder}/munged.seed"])
+        deadline = time.monotonic() + _UP_TIMEOUT
+        while not os.path.exists(self.munge_socket):
+            if self.procs[-1].poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"munged did not start:\n{self.logs()}")
+            time.sleep(0.05)
+
+    def _spawn(self, argv) -> None:
+        with open(os.path.join(self.dir, os.path.basename(argv[0]) + ".out"), "wb") as log:
+            self.procs.append(subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT))
+
     def start(self) -> SlurmInstance:
         """Write the config, start both daemons, wait until the node is idle."""
         self._write_conf()
         os.environ["SLURM_CONF"] = self.conf
         try:
-            for argv in ([_sbin("slurmctld"), "-D", "-i", "-f", self.conf],
-                         [_sbin("slurmd"), "-D", "-N", "localhost", "-f", self.conf]):
-                log = open(os.path.join(self.dir, os.path.basename(argv[0]) + ".out"), "wb")  # noqa: SIM115
-                self.procs.append(subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT))
-                log.close()
+            if self.auth == "auth/munge":
+                self._start_munged()
+            self._spawn([_sbin("slurmctld"), "-D", "-i", "-f", self.conf])
+            self._spawn([_sbin("slurmd"), "-D", "-N", "localhost", "-f", self.conf])
             deadline = time.monotonic() + _UP_TIMEOUT
             while self.node_state() != "idle":
                 dead = [p.args[0] for p in self.procs if p.poll() is not None]
@@ -133,7 +160,8 @@ class SlurmInstance:
     def logs(self) -> str:
         """The end of the daemons' logs (for a failure message)."""
         text = []
-        for name in ("slurmctld.log", "slurmd.log", "slurmctld.out", "slurmd.out"):
+        for name in ("slurmctld.log", "slurmd.log", "slurmctld.out", "slurmd.out", "munged.out",
+                     "munge/munged.log"):
             try:
                 with open(os.path.join(self.dir, name), errors="replace") as f:
                     text.append(f"--- {name}\n" + "".join(f.readlines()[-15:]))
