@@ -374,7 +374,12 @@ class SlurmLauncher(Launcher):
             shutil.rmtree(folder, ignore_errors=True)
             raise EngineStartError(f"sbatch rejected the job for engines {ctx.engine_ids}:"
                                    f" {out.stderr.strip() or out.stdout.strip()}")
-        engine_set = SlurmEngineSet(out.stdout.strip().split(";")[0], folder, dict(self.commands))
+        # --parsable prints "<job id>" or "<job id>;<cluster>" (on the last line, after any notices).
+        job_id = (out.stdout.strip().splitlines() or [""])[-1].split(";")[0]
+        if not job_id.isdigit():
+            shutil.rmtree(folder, ignore_errors=True)
+            raise EngineStartError(f"sbatch gave no job id: {out.stdout.strip()!r} {out.stderr.strip()!r}")
+        engine_set = SlurmEngineSet(job_id, folder, dict(self.commands))
         ctx.log.info("slurm job %s submitted for engines %s", engine_set.job_id, ctx.engine_ids)
         try:
             await _wait_for_engines(engine_set, ctx)
