@@ -586,7 +586,8 @@ class Cluster:
         sets = {}
         for set_id, ids in self.engine_sets.items():
             sets[set_id] = {str(i): {"connection_file": self.engines[i].connection_file,
-                                     "pid": kernel_pid(self.engines[i]), "host": host,
+                                     "pid": kernel_pid(self.engines[i]),
+                                     "host": getattr(self.engines[i], "host", None) or host,
                                      "state": self._engine_state(i)} for i in ids}
         return {
             "cluster": {"class": f"{type(self).__module__}.{type(self).__qualname__}",
@@ -636,9 +637,11 @@ class Cluster:
                 eid = int(key)
                 old = self.engines.get(eid)
                 attached = old if isinstance(old, AttachedEngine) and old.pid == engine["pid"] else \
-                    AttachedEngine(eid, engine["connection_file"], engine["pid"])
-                if engine.get("state", "running") != "running" or attached.pid is None \
-                        or not attached.is_running() or not os.path.exists(attached.connection_file):
+                    AttachedEngine(eid, engine["connection_file"], engine["pid"], engine.get("host"))
+                # An engine on another node (no pid here) is kept while its launcher says it runs:
+                # its clients' heartbeats tell the rest.
+                if engine.get("state", "running") != "running" or not attached.is_running() \
+                        or not os.path.exists(attached.connection_file):
                     if warn:
                         self.log.warning("engine %s of cluster %s is not running (pid %s): left out",
                                          eid, self.cluster_id, engine["pid"])

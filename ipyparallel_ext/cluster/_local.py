@@ -134,17 +134,22 @@ class AttachedEngine:
 
     Quacks like the parts of a kernel manager the Cluster uses: it can be
     signalled and stopped through its pid, not restarted (its manager lives
-    in the process that started it).
+    in the process that started it).  An engine on another node has no pid
+    here (``pid=None``): its launcher's engine set (:meth:`Launcher.attach`)
+    stops it, and this handle can only say where it runs.
     """
 
     provisioner = None
 
-    def __init__(self, engine_id: int, connection_file: str, pid: int):
+    def __init__(self, engine_id: int, connection_file: str, pid: int | None, host: str | None = None):
         self.engine_id = engine_id
         self.connection_file = connection_file
         self.pid = pid
+        self.host = host
 
     def is_running(self) -> bool:
+        if self.pid is None:
+            return True  # not a process of this machine: its clients' heartbeats tell
         try:
             os.kill(self.pid, 0)
         except ProcessLookupError:
@@ -154,11 +159,14 @@ class AttachedEngine:
         return True
 
     async def signal_kernel(self, signum) -> None:
+        if self.pid is None:
+            raise NotImplementedError(f"engine {self.engine_id} runs on {self.host}, not here: signal it"
+                                      f" from the process that started it")
         os.kill(self.pid, signum)
 
     async def shutdown_kernel(self, now=False, restart=False) -> None:
-        if not self.is_running():
-            return
+        if self.pid is None or not self.is_running():
+            return  # a remote engine stops with its engine set (its launcher's attach)
         os.kill(self.pid, signal.SIGTERM)
         deadline = time.monotonic() + _ATTACHED_STOP_WAIT
         # Not our child: there is no wait() to block on, so look now and then.
