@@ -16,5 +16,7 @@ from ._launcher import Launcher as Launcher
 from ._local import LocalLauncher as LocalLauncher
 from ._manager import ClusterManager as ClusterManager
 from ._slurm import SlurmLauncher as SlurmLauncher
+from ._ssh import SSHLauncher as SSHLauncher
 
-__all__ = ["Cluster", "ClusterManager", "EngineSet", "LaunchContext", "Launcher", "LocalLauncher", "SlurmLauncher"]
+__all__ = ["Cluster", "ClusterManager", "EngineSet", "LaunchContext", "Launcher", "LocalLauncher", "SlurmLauncher",
+           "SSHLauncher"]

@@ -1,0 +1,577 @@
+"""Engines on other hosts over ssh: ``Cluster(engines="ssh", launcher_options={"hosts": {host: n}})``.
+
+One engine set, per host::
+
+    this machine                                        host
+    ------------                                        ----
+    ssh host python3 -   <- _ssh_remote.py + request -> mkdtemp (0700) under /tmp, engine-N.json
+      (key, ip 127.0.0.1, ports 0; on stdin)             (0600: the key, ports 0); per engine
+                                                          `python3 -m ipykernel_launcher -f engine-N.json`
+                                                          in its own session; the kernel binds random
+                         <- "pid N ..", "ready N {..}" -  ports on the host's loopback, writes them back
+    ssh -N -L 127.0.0.1:l:127.0.0.1:r ... host           (one tunnel per host, our own process and pid)
+    <cluster folder>/engine-N.json: ip 127.0.0.1, the forwarded ports l, the same key
+
+Clients connect to that last file as to any local kernel: they know
+nothing of hosts or tunnels, and nothing but ssh crosses the network.  With
+``tunnel=False`` the kernels listen on the host's address instead and the
+file points there (for trusted networks only: the traffic is signed, not
+encrypted).  Stopping kills the remote kernels through ssh (SIGTERM, then
+SIGKILL after a grace period), removes the remote folder, and ends the
+tunnel.  Another process can do the same from the saved facts
+(:meth:`SSHLauncher.attach`): hosts, remote pids and folders, tunnel pids.
+
+The remote pids are checked against the remote folder before any signal
+(``/proc``), so a recycled pid is never killed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import secrets
+import shlex
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from types import SimpleNamespace
+
+from jupyter_client.connect import write_connection_file
+
+from ..error import EngineStartError
+from ._launcher import EngineSet, LaunchContext, Launcher
+from ._local import _heartbeat_or_exit
+
+_PORT_NAMES = ("shell_port", "iopub_port", "stdin_port", "control_port", "hb_port")
+_GRACE = 5.0  # seconds a remote kernel gets to exit after SIGTERM, before SIGKILL
+_LOGIN_TIMEOUT = 30.0  # seconds an ssh command that stops or signals kernels may take on top
+_TUNNEL_TRIES = 3  # tunnels started on fresh local ports when one of them was taken meanwhile
+_TUNNEL_STOP_WAIT = 5.0
+_SCRIPT = open(os.path.join(os.path.dirname(__file__), "_ssh_remote.py")).read()  # noqa: SIM115
+# Noise every login with StrictHostKeyChecking=no prints: not part of an error.
+_SSH_NOISE = ("Warning: Permanently added",)
+
+
+def _parse_host(spec: str) -> tuple:
+    """``'user@host:port'`` -> ``('user@host', 'host', 'port' or None)``."""
+    if not isinstance(spec, str) or not spec.strip() or any(c.isspace() for c in spec):
+        raise ValueError(f"ssh host {spec!r}: expected 'host', 'user@host', 'host:port' or 'user@host:port'")
+    user, _, hostport = spec.rpartition("@")
+    if hostport.startswith("["):  # [v6 address]:port
+        address, _, rest = hostport[1:].partition("]")
+        port = rest[1:] if rest.startswith(":") else None
+    elif hostport.count(":") == 1:
+        address, port = hostport.split(":")
+    else:
+        address, port = hostport, None
+    if not address or (port is not None and not port.isdigit()):
+        raise ValueError(f"ssh host {spec!r}: expected 'host', 'user@host', 'host:port' or 'user@host:port'")
+    return (f"{user}@{address}" if user else address), address, port
+
+
+def _normalise_hosts(hosts) -> dict:
+    """``{host: count}`` from a dict or a list of hosts (one engine per entry)."""
+    if isinstance(hosts, dict):
+        counts = dict(hosts)
+    elif isinstance(hosts, (list, tuple)):
+        counts = {}
+        for host in hosts:
+            counts[host] = counts.get(host, 0) + 1
+    else:
+        raise TypeError(f"SSHLauncher(hosts={hosts!r}): expected {{host: engine count}} or a list of hosts")
+    if not counts:
+        raise ValueError("SSHLauncher(hosts=...): no hosts given")
+    for host, count in counts.items():
+        _parse_host(host)
+        if not isinstance(count, int) or isinstance(count, bool) or count < 1:
+            raise ValueError(f"SSHLauncher(hosts=...): engine count {count!r} of host {host!r} is not a"
+                             f" positive integer")
+    return counts
+
+
+def _place(counts: dict, n: int) -> dict:
+    """``{host: number of engines}`` for ``n`` engines: all slots if ``n`` is their total, else spread evenly."""
+    total = sum(counts.values())
+    if n > total:
+        raise EngineStartError(f"ssh launcher: {n} engines asked for, but hosts {counts} have {total}"
+                               f" slots; start at most {total} or list more hosts")
+    placed = dict.fromkeys(counts, 0)
+    while n:
+        for host in counts:
+            if n and placed[host] < counts[host]:
+                placed[host] += 1
+                n -= 1
+    return {host: k for host, k in placed.items() if k}
+
+
+def _free_ports(k: int) -> list:
+    """``k`` distinct ports free on this machine's loopback now (all held open together, then released)."""
+    socks = []
+    try:
+        for _ in range(k):
+            s = socket.socket()
+            s.bind(("127.0.0.1", 0))
+            socks.append(s)
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
+def _clean(stderr: str) -> str:
+    return "\n".join(line for line in stderr.strip().splitlines() if not line.startswith(_SSH_NOISE))
+
+
+@dataclass
+class _Answer:
+    """What one run of :mod:`._ssh_remote` said, as far as it got."""
+
+    folder: str | None = None
+    pids: dict = field(default_factory=dict)
+    ready: dict = field(default_factory=dict)
+    errors: dict = field(default_factory=dict)
+    done: bool = False
+    returncode: int | None = None
+    stderr: str = ""
+    timed_out: bool = False
+
+    def read(self, line: str) -> None:
+        word, _, rest = line.partition(" ")
+        if word == "dir":
+            self.folder = rest
+        elif word == "done":
+            self.done = True
+        elif word in ("pid", "ready", "error"):
+            eid, _, value = rest.partition(" ")
+            getattr(self, {"pid": "pids"}.get(word, word))[int(eid)] = json.loads(value)
+
+    def failure(self, what: str, timeout: float) -> str | None:
+        """Why this run failed, in ssh's and the kernels' own words; None if it did not."""
+        if self.errors:
+            return "; ".join(f"engine {eid}: {why}" for eid, why in sorted(self.errors.items()))
+        if self.timed_out:
+            return f"{what} took longer than {timeout:g} s" + (f": {_clean(self.stderr)}" if self.stderr else "")
+        if not self.done:
+            return f"{what} failed (exit code {self.returncode}): {_clean(self.stderr) or 'no output'}"
+        return None
+
+
+class _Ssh:
+    """How to run ssh to one host: the command, its options, the remote Python."""
+
+    def __init__(self, ssh: str, ssh_args: list, python: str):
+        self.ssh, self.ssh_args, self.python = ssh, ssh_args, python
+
+    def argv(self, spec: str, options=(), command=()) -> list:
+        dest, _, port = _parse_host(spec)
+        # ssh keeps the first value of each -o option: the user's ssh_args win over our defaults.
+        return [*shlex.split(self.ssh), *self.ssh_args, "-o", "BatchMode=yes", *options,
+                *(["-p", port] if port else []), dest, *command]
+
+    async def remote(self, spec: str, request: dict, timeout: float, answer: _Answer) -> _Answer:
+        """Run :mod:`._ssh_remote` on ``spec`` with ``request``, filling ``answer`` as lines come."""
+        process = await asyncio.create_subprocess_exec(
+            *self.argv(spec, command=[self.python, "-"]), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE, start_new_session=True)
+        stderr = asyncio.ensure_future(process.stderr.read())
+        script = f"{_SCRIPT}\nmain(json.loads({json.dumps(request)!r}))\n"
+        try:
+            process.stdin.write(script.encode())
+            await process.stdin.drain()
+            process.stdin.close()
+        except (BrokenPipeError, ConnectionResetError):  # ssh gave up before reading: its stderr says why
+            pass
+        deadline = time.monotonic() + timeout
+        try:
+            while line := await asyncio.wait_for(process.stdout.readline(), max(0.0, deadline - time.monotonic())):
+                answer.read(line.decode().rstrip("\n"))
+            answer.returncode = await asyncio.wait_for(process.wait(), max(0.1, deadline - time.monotonic()))
+        except asyncio.TimeoutError:
+            answer.timed_out = True
+            process.kill()
+            await process.wait()
+        finally:
+            if process.returncode is None:  # cancelled: leave no ssh behind
+                process.kill()
+                await process.wait()
+        answer.stderr = (await stderr).decode(errors="replace")
+        return answer
+
+
+class _Tunnel:
+    """One ``ssh -N -L ...`` process, ours (a Popen) or another process's (a pid)."""
+
+    def __init__(self, process=None, pid: int | None = None, log: str | None = None):
+        self.process = process
+        self.pid = process.pid if process is not None else pid
+        self.log = log
+
+    def alive(self) -> bool:
+        if self.process is not None:
+            return self.process.poll() is None
+        return _pid_is_ssh(self.pid)
+
+    def output(self) -> str:
+        try:
+            with open(self.log, errors="replace") as f:
+                return _clean(f.read())
+        except (OSError, TypeError):
+            return ""
+
+    async def stop(self) -> None:
+        if self.alive():
+            os.kill(self.pid, signal.SIGTERM)
+            deadline = time.monotonic() + _TUNNEL_STOP_WAIT
+            while self.alive() and time.monotonic() < deadline:
+                await asyncio.sleep(0.02)
+            if self.alive():
+                os.kill(self.pid, signal.SIGKILL)
+        if self.process is not None:
+            await asyncio.to_thread(self.process.wait, _TUNNEL_STOP_WAIT)
+        if self.log:
+            try:
+                os.remove(self.log)
+            except FileNotFoundError:
+                pass
+
+
+def _pid_is_ssh(pid) -> bool:
+    """True if ``pid`` runs and is an ssh port forward (a tunnel pid from a cluster file may be recycled)."""
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            args = f.read().split(b"\0")
+        with open(f"/proc/{pid}/stat") as f:
+            zombie = f.read().rsplit(")", 1)[1].split()[0] == "Z"
+    except (OSError, TypeError, IndexError):
+        return False
+    return not zombie and b"-L" in args and b"-N" in args
+
+
+@dataclass
+class _Host:
+    """One host's part of an engine set."""
+
+    spec: str
+    engine_ids: list
+    folder: str | None = None
+    pids: dict = field(default_factory=dict)  # engine id -> remote kernel pid
+    tunnel: _Tunnel | None = None
+    address: str | None = None  # its IPv4 address (without tunnels only)
+
+    def facts(self) -> dict:
+        return {"engines": list(self.engine_ids), "remote_pids": {str(k): v for k, v in self.pids.items()},
+                "remote_dir": self.folder, "tunnel_pid": self.tunnel.pid if self.tunnel else None}
+
+
+class SSHEngine:
+    """The handle of one remote kernel: its local connection file; signals go over ssh."""
+
+    provisioner = None
+    pid = None  # the kernel's process is not on this machine
+
+    def __init__(self, engine_set: SSHEngineSet, engine_id: int, connection_file: str):
+        self.engine_set = engine_set
+        self.engine_id = engine_id
+        self.connection_file = connection_file
+
+    async def signal_kernel(self, signum) -> None:
+        await self.engine_set.signal(self.engine_id, signum)
+
+
+class SSHEngineSet(EngineSet):
+    """Kernels on ssh hosts, reached through one tunnel per host (or directly with ``tunnel=False``)."""
+
+    launcher = "ssh"
+
+    def __init__(self, ssh: _Ssh, hosts: list, *, tunnel: bool, ctx: LaunchContext | None = None,
+                 argv: list | None = None, bind_ip: str | None = None):
+        super().__init__()
+        self.ssh = ssh
+        self.hosts = hosts
+        self.tunnel = tunnel
+        self.ctx = ctx  # None for a set of another process (attach): it can stop and signal, not start
+        self.argv = argv  # the kernel command, "{python}" and "{connection_file}" filled in remotely
+        self.bind_ip = bind_ip
+
+    def _host_of(self, engine_id: int) -> _Host:
+        return next(h for h in self.hosts if engine_id in h.engine_ids)
+
+    # -- starting ---------------------------------------------------------------------
+
+    def _kernel_ip(self, host: _Host) -> str:
+        """Where a host's kernels listen: its loopback (tunnels), else the ``ip`` option or its address."""
+        return "127.0.0.1" if self.tunnel else self.bind_ip or host.address
+
+    def _client_ip(self, host: _Host) -> str:
+        """Where clients reach a host's kernels: the tunnels' end here, else where they listen."""
+        if self.tunnel:
+            return "127.0.0.1"
+        ip = self._kernel_ip(host)
+        return host.address if ip in ("0.0.0.0", "*") else ip
+
+    def _start_request(self, ctx: LaunchContext, remote_dir, host: _Host) -> dict:
+        files = {str(eid): {"ip": self._kernel_ip(host), "transport": "tcp", "signature_scheme": "hmac-sha256",
+                            "key": secrets.token_hex(32), "kernel_name": ctx.kernel_name,
+                            **dict.fromkeys(_PORT_NAMES, 0)}
+                 for eid in host.engine_ids}
+        return {"op": "start", "dir": remote_dir, "files": files, "argv": self.argv, "env": ctx.env,
+                "timeout": ctx.timeout, "grace": _GRACE}
+
+    async def start_host(self, host: _Host, remote_dir) -> None:
+        """Start a host's kernels, then its tunnel; write their local connection files."""
+        ctx = self.ctx
+        if not self.tunnel:  # the host's address, as this machine resolves it
+            name = _parse_host(host.spec)[1]
+            try:
+                found = await asyncio.wait_for(asyncio.get_running_loop().getaddrinfo(
+                    name, None, family=socket.AF_INET, type=socket.SOCK_STREAM), ctx.timeout)
+            except (OSError, asyncio.TimeoutError) as e:
+                raise EngineStartError(f"ssh host {host.spec}: cannot resolve {name!r}: {e}") from e
+            host.address = found[0][4][0]
+        answer = _Answer()
+        try:
+            await self.ssh.remote(host.spec, self._start_request(ctx, remote_dir, host), ctx.timeout, answer)
+        finally:  # whatever got started is known, to be stopped
+            host.folder, host.pids = answer.folder, dict(answer.pids)
+        why = answer.failure(f"ssh {host.spec}", ctx.timeout)
+        if why is None and set(answer.ready) != set(host.engine_ids):
+            why = f"ssh {host.spec}: no answer for engines {sorted(set(host.engine_ids) - set(answer.ready))}"
+        if why is not None:
+            raise EngineStartError(why)
+        if self.tunnel:
+            forwards = await self._open_tunnel(host, answer.ready)
+        else:
+            forwards = {eid: {k: info[k] for k in _PORT_NAMES} for eid, info in answer.ready.items()}
+            await self._await_heartbeats(host, forwards, None)  # no local process to die: waits for them
+        for eid, info in answer.ready.items():
+            path = os.path.join(ctx.folder, f"engine-{eid}.json")
+            write_connection_file(path, ip=self._client_ip(host), key=info["key"].encode(),
+                                  transport="tcp", signature_scheme=info["signature_scheme"],
+                                  kernel_name=ctx.kernel_name, **forwards[eid])
+            self.engines[eid] = SSHEngine(self, eid, path)
+
+    async def _open_tunnel(self, host: _Host, ready: dict) -> dict:
+        """Forward every kernel port of ``host`` to a local one; ``{engine id: {port name: local port}}``."""
+        for attempt in range(_TUNNEL_TRIES):
+            local = iter(_free_ports(len(ready) * len(_PORT_NAMES)))
+            forwards = {eid: {name: next(local) for name in _PORT_NAMES} for eid in ready}
+            options = ["-N", "-o", "ExitOnForwardFailure=yes"]
+            for eid, info in ready.items():
+                for name in _PORT_NAMES:
+                    options += ["-L", f"127.0.0.1:{forwards[eid][name]}:127.0.0.1:{info[name]}"]
+            log = os.path.join(self.ctx.folder, f"ssh-tunnel-{host.spec.replace('/', '_')}.log")
+            with open(log, "wb") as out:
+                # Its own session: a Ctrl-C in the terminal (SIGINT to the
+                # foreground group) must not end the tunnel.
+                process = subprocess.Popen(self.ssh.argv(host.spec, options), stdin=subprocess.DEVNULL,
+                                           stdout=subprocess.DEVNULL, stderr=out, start_new_session=True)
+            host.tunnel = _Tunnel(process, log=log)
+            if await self._await_heartbeats(host, forwards, process):
+                return forwards
+            said = host.tunnel.output()
+            await host.tunnel.stop()
+            host.tunnel = None
+            taken = "Address already in use" in said or "cannot listen" in said
+            if not taken or attempt == _TUNNEL_TRIES - 1:
+                raise EngineStartError(f"ssh tunnel to {host.spec} exited (code {process.returncode}):"
+                                       f" {said or 'no output'}")
+        raise AssertionError("unreachable")
+
+    async def _await_heartbeats(self, host: _Host, forwards: dict, process) -> bool:
+        """True once every kernel of ``host`` echoes its heartbeat (False if ``process``, the tunnel, exits)."""
+        probes = [SimpleNamespace(transport="tcp", ip=self._client_ip(host), hb_port=ports["hb_port"],
+                                  provisioner=SimpleNamespace(process=process))
+                  for ports in forwards.values()]
+        codes = await asyncio.gather(*(_heartbeat_or_exit(p, self.ctx.timeout) for p in probes))
+        return all(code is None for code in codes)
+
+    # -- the EngineSet interface ---------------------------------------------------------
+
+    async def restart(self, engine_id: int) -> None:
+        host = self._host_of(engine_id)
+        ctx = self.ctx
+        if ctx is None:
+            return await super().restart(engine_id)
+        answer = _Answer()
+        request = {"op": "restart", "folder": host.folder, "engine_id": str(engine_id),
+                   "pid": host.pids.get(engine_id), "argv": self.argv, "env": ctx.env, "timeout": ctx.timeout,
+                   "grace": _GRACE}
+        try:
+            await self.ssh.remote(host.spec, request, ctx.timeout + _GRACE + _LOGIN_TIMEOUT, answer)
+        finally:
+            host.pids.update(answer.pids)
+        why = answer.failure(f"ssh {host.spec}", ctx.timeout)
+        if why is not None:
+            raise EngineStartError(f"engine {engine_id} did not restart: {why}")
+        # Same connection file, same remote ports: the tunnel (if any) reaches the new kernel as it is.
+        hb = SimpleNamespace(transport="tcp", ip=self._client_ip(host),
+                             hb_port=_local_ports(self.engines[engine_id].connection_file)["hb_port"],
+                             provisioner=SimpleNamespace(process=getattr(host.tunnel, "process", None)))
+        if await _heartbeat_or_exit(hb, ctx.timeout) is not None:
+            raise EngineStartError(f"engine {engine_id} restarted, but the ssh tunnel to {host.spec} is gone:"
+                                   f" {host.tunnel.output() or 'no output'}")
+
+    async def stop(self, engine_ids) -> None:
+        ids = set(engine_ids)
+        await asyncio.gather(*(self._stop_on(h, ids) for h in self.hosts if ids & set(h.engine_ids)))
+        for eid in ids:
+            handle = self.engines.pop(eid, None)
+            if handle is not None and os.path.isfile(handle.connection_file):
+                os.remove(handle.connection_file)
+
+    async def _stop_on(self, host: _Host, ids: set) -> None:
+        mine = [i for i in host.engine_ids if i in ids]
+        host.engine_ids = [i for i in host.engine_ids if i not in ids]
+        last = not host.engine_ids
+        if host.folder is not None:
+            request = {"op": "stop", "folder": host.folder, "grace": _GRACE, "remove_folder": last,
+                       "pids": {str(i): host.pids[i] for i in mine if i in host.pids}}
+            answer = await self.ssh.remote(host.spec, request, _GRACE + _LOGIN_TIMEOUT, _Answer())
+            why = answer.failure(f"ssh {host.spec}", _GRACE + _LOGIN_TIMEOUT)
+            if why is not None:
+                self._log().warning("could not stop engines %s on %s: %s", mine, host.spec, why)
+        for i in mine:
+            host.pids.pop(i, None)
+        if last:
+            host.folder = None
+            if host.tunnel is not None:
+                await host.tunnel.stop()
+                host.tunnel = None
+
+    async def signal(self, engine_id: int, signum) -> None:
+        """Send ``signum`` to a remote kernel (and what it runs) over ssh."""
+        host = self._host_of(engine_id)
+        request = {"op": "signal", "folder": host.folder, "pid": host.pids[engine_id], "signum": int(signum)}
+        answer = await self.ssh.remote(host.spec, request, _LOGIN_TIMEOUT, _Answer())
+        why = answer.failure(f"ssh {host.spec}", _LOGIN_TIMEOUT)
+        if why is not None:
+            raise OSError(f"could not signal engine {engine_id} on {host.spec}: {why}")
+
+    def _log(self) -> logging.Logger:
+        return self.ctx.log if self.ctx is not None else logging.getLogger("ipyparallel_ext.cluster")
+
+    def state(self, engine_id: int) -> str:
+        tunnel = self._host_of(engine_id).tunnel
+        return "dead" if self.tunnel and (tunnel is None or not tunnel.alive()) else "running"
+
+    def status(self) -> dict:
+        live = [h for h in self.hosts if h.engine_ids]
+        if not live:
+            state = "stopped"
+        elif self.tunnel and any(h.tunnel is None or not h.tunnel.alive() for h in live):
+            state = "tunnel down"
+        else:
+            state = "running"
+        return {"launcher": self.launcher, "state": state, "tunnel": self.tunnel,
+                "hosts": {h.spec: h.facts() for h in live}}
+
+    def to_dict(self) -> dict:
+        return {**self.status(), "ssh": self.ssh.ssh, "ssh_args": list(self.ssh.ssh_args),
+                "python": self.ssh.python}
+
+
+def _local_ports(path: str) -> dict:
+    with open(path) as f:
+        info = json.load(f)
+    return {k: info[k] for k in _PORT_NAMES}
+
+
+def _kernel_argv(ctx: LaunchContext) -> list:
+    """The kernelspec's argv for the remote host: a Python interpreter in it becomes the remote one."""
+    argv = list(ctx.spec_manager.get_kernel_spec(ctx.kernel_name).argv)
+    if argv and (argv[0] == sys.executable or os.path.basename(argv[0]).startswith("python")):
+        argv[0] = "{python}"  # the interpreter that runs _ssh_remote there (the `python` option)
+    return argv
+
+
+class SSHLauncher(Launcher):
+    """Engines on other hosts over ssh (``engines="ssh"``), reached through ssh tunnels by default.
+
+    Parameters
+    ----------
+    hosts : dict or list
+        ``{host: engine count}``, or a list of hosts (one engine per entry).
+        A host is ``host``, ``user@host``, ``host:port`` or ``user@host:port``.
+        A cluster starting fewer engines than the counts add up to spreads
+        them over the hosts; more is an error.
+    ssh : str
+        The ssh command (default ``"ssh"``).
+    ssh_args : list of str, or str
+        Extra ssh options for every ssh run (e.g. ``["-i", key, "-o",
+        "ProxyJump=gateway"]``); a string is split as a shell would.
+        ``-o BatchMode=yes`` is added (there is no terminal to type a
+        password in): use keys or an agent.
+    python : str
+        The remote Python that runs the kernels (default ``"python3"``; it
+        needs ipykernel); the remote shell reads it, so ``~/venv/bin/python``
+        works.
+    remote_dir : str, optional
+        Remote folder under which each engine set makes its own 0700 folder
+        for connection files and logs (default: the remote's temp dir, /tmp).
+    tunnel : bool
+        Reach the kernels through ssh tunnels (default True: they listen on
+        the remote loopback only).  With False they listen on ``ip`` and
+        clients connect there directly.
+    ip : str, optional
+        With ``tunnel=False``: the address kernels listen on (default: the
+        host's address as this machine resolves it; ``"0.0.0.0"`` for all).
+    """
+
+    name = "ssh"
+
+    def __init__(self, hosts, ssh: str = "ssh", ssh_args=(), python: str = "python3", remote_dir=None,
+                 tunnel: bool = True, ip: str | None = None):
+        self.hosts = _normalise_hosts(hosts)
+        if isinstance(ssh_args, str):
+            ssh_args = shlex.split(ssh_args)
+        if not all(isinstance(a, str) for a in ssh_args):
+            raise TypeError(f"SSHLauncher(ssh_args={ssh_args!r}): expected a list of strings")
+        self.ssh_args = list(ssh_args)
+        if not isinstance(ssh, str) or not ssh.strip():
+            raise ValueError(f"SSHLauncher(ssh={ssh!r}): expected the ssh command")
+        if not isinstance(python, str) or not python.strip():
+            raise ValueError(f"SSHLauncher(python={python!r}): expected the remote Python's command")
+        self.ssh, self.python, self.remote_dir = ssh, python, remote_dir
+        self.tunnel, self.ip = bool(tunnel), ip
+
+    def options(self) -> dict:
+        return {"hosts": dict(self.hosts), "ssh": self.ssh, "ssh_args": list(self.ssh_args),
+                "python": self.python, "remote_dir": self.remote_dir, "tunnel": self.tunnel, "ip": self.ip}
+
+    async def start(self, ctx: LaunchContext) -> SSHEngineSet:
+        placed = _place(self.hosts, len(ctx.engine_ids))
+        ids = iter(ctx.engine_ids)
+        hosts = [_Host(spec, [next(ids) for _ in range(k)]) for spec, k in placed.items()]
+        engine_set = SSHEngineSet(_Ssh(self.ssh, self.ssh_args, self.python), hosts, tunnel=self.tunnel,
+                                  ctx=ctx, argv=_kernel_argv(ctx), bind_ip=self.ip)
+        try:
+            results = await asyncio.gather(*(engine_set.start_host(h, self.remote_dir) for h in hosts),
+                                           return_exceptions=True)
+        except BaseException:  # cancelled: stop what the hosts got to start
+            await engine_set.stop(ctx.engine_ids)
+            raise
+        errors = [r for r in results if isinstance(r, BaseException)]
+        if errors:
+            await engine_set.stop(ctx.engine_ids)
+            raise EngineStartError(f"ssh launcher: {len(errors)} of {len(hosts)} hosts failed to start"
+                                   f" engines:\n" + "\n".join(f"  {e}" for e in errors)) from errors[0]
+        return engine_set
+
+    @classmethod
+    def attach(cls, saved: dict, engines: dict) -> SSHEngineSet | None:
+        try:
+            ssh = _Ssh(saved["ssh"], list(saved["ssh_args"]), saved["python"])
+            hosts = [_Host(spec, list(facts["engines"]), facts["remote_dir"],
+                           {int(k): v for k, v in facts["remote_pids"].items()},
+                           _Tunnel(pid=facts["tunnel_pid"]) if facts.get("tunnel_pid") else None)
+                     for spec, facts in saved["hosts"].items()]
+            engine_set = SSHEngineSet(ssh, hosts, tunnel=saved["tunnel"])
+        except (KeyError, TypeError, ValueError):
+            return None
+        engine_set.engines = dict(engines)
+        return engine_set
