@@ -5,21 +5,23 @@ One engine set, per host::
     this machine                                        host
     ------------                                        ----
     ssh host python3 -   <- _ssh_remote.py + request -> mkdtemp (0700) under /tmp, engine-N.json
-      (key, ip 127.0.0.1, ports 0; on stdin)             (0600: the key, ports 0); per engine
-                                                          `python3 -m ipykernel_launcher -f engine-N.json`
-                                                          in its own session; the kernel binds random
-                         <- "pid N ..", "ready N {..}" -  ports on the host's loopback, writes them back
-    ssh -N -L 127.0.0.1:l:127.0.0.1:r ... host           (one tunnel per host, our own process and pid)
+      (on stdin: key, ip 127.0.0.1, ports 0)            (0600); per engine `python3 -m ipykernel_launcher
+                                                          -f engine-N.json` in its own session: it binds
+                         <- "pid N ..", "ready N {..}" -  random ports on the host's loopback, writes them
+    ssh -L 127.0.0.1:l:127.0.0.1:r ... host python3 -c <watch>
+      one per host, our own process and pid: the tunnel; its remote end waits for the end of its
+      stdin, then stops the host's kernels (so they end with this process, however it ends)
     <cluster folder>/engine-N.json: ip 127.0.0.1, the forwarded ports l, the same key
 
 Clients connect to that last file as to any local kernel: they know
 nothing of hosts or tunnels, and nothing but ssh crosses the network.  With
 ``tunnel=False`` the kernels listen on the host's address instead and the
 file points there (for trusted networks only: the traffic is signed, not
-encrypted).  Stopping kills the remote kernels through ssh (SIGTERM, then
-SIGKILL after a grace period), removes the remote folder, and ends the
-tunnel.  Another process can do the same from the saved facts
-(:meth:`SSHLauncher.attach`): hosts, remote pids and folders, tunnel pids.
+encrypted); the per-host ssh session still runs, without forwards.
+Stopping kills the remote kernels through ssh (SIGTERM, then SIGKILL after
+a grace period), removes the remote folder, and ends the session.  Another
+process can do the same from the saved facts (:meth:`SSHLauncher.attach`):
+hosts, remote pids and folders, ssh session pids.
 
 The remote pids are checked against the remote folder before any signal
 (``/proc``), so a recycled pid is never killed.
@@ -51,7 +53,9 @@ _PORT_NAMES = ("shell_port", "iopub_port", "stdin_port", "control_port", "hb_por
 _GRACE = 5.0  # seconds a remote kernel gets to exit after SIGTERM, before SIGKILL
 _LOGIN_TIMEOUT = 30.0  # seconds an ssh command that stops or signals kernels may take on top
 _TUNNEL_TRIES = 3  # tunnels started on fresh local ports when one of them was taken meanwhile
-_TUNNEL_STOP_WAIT = 5.0
+_SESSION_STOP_WAIT = 5.0
+# The session's remote command: run the program that comes first on stdin, leaving the rest of it open.
+_KEEPER = "import sys; exec(sys.stdin.buffer.read(int(sys.stdin.buffer.readline())))"
 _SCRIPT = open(os.path.join(os.path.dirname(__file__), "_ssh_remote.py")).read()  # noqa: SIM115
 # Noise every login with StrictHostKeyChecking=no prints: not part of an error.
 _SSH_NOISE = ("Warning: Permanently added",)
@@ -161,6 +165,11 @@ class _Answer:
         return None
 
 
+def _program(request: dict) -> bytes:
+    """The Python text that runs ``request`` remotely: :mod:`._ssh_remote` and a call of its ``main``."""
+    return f"{_SCRIPT}\nmain(json.loads({json.dumps(request)!r}))\n".encode()
+
+
 class _Ssh:
     """How to run ssh to one host: the command, its options, the remote Python."""
 
@@ -179,9 +188,8 @@ class _Ssh:
             *self.argv(spec, command=[self.python, "-"]), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
             stderr=subprocess.PIPE, start_new_session=True)
         stderr = asyncio.ensure_future(process.stderr.read())
-        script = f"{_SCRIPT}\nmain(json.loads({json.dumps(request)!r}))\n"
         try:
-            process.stdin.write(script.encode())
+            process.stdin.write(_program(request))
             await process.stdin.drain()
             process.stdin.close()
         except (BrokenPipeError, ConnectionResetError):  # ssh gave up before reading: its stderr says why
@@ -203,20 +211,29 @@ class _Ssh:
         return answer
 
 
-class _Tunnel:
-    """One ``ssh -N -L ...`` process, ours (a Popen) or another process's (a pid)."""
+class _Session:
+    """A host's long-lived ssh process, ours (a Popen) or another process's (a pid).
 
-    def __init__(self, process=None, pid: int | None = None, log: str | None = None):
+    It carries the tunnel's forwards (``-L``), and runs :func:`._ssh_remote.watch`
+    on the host: when this ssh ends, whoever ends it (a stop, a crash of the
+    Python that started it), the host's kernels are stopped and their folder
+    removed, as local kernels end with their parent.
+    """
+
+    def __init__(self, process=None, pid: int | None = None, log: str | None = None,
+                 folder: str | None = None):
         self.process = process
         self.pid = process.pid if process is not None else pid
         self.log = log
+        self.folder = folder
 
     def alive(self) -> bool:
         if self.process is not None:
             return self.process.poll() is None
-        return _pid_is_ssh(self.pid)
+        return _pid_is_session(self.pid, self.folder)
 
     def output(self) -> str:
+        """What ssh said (its stderr)."""
         try:
             with open(self.log, errors="replace") as f:
                 return _clean(f.read())
@@ -226,13 +243,13 @@ class _Tunnel:
     async def stop(self) -> None:
         if self.alive():
             os.kill(self.pid, signal.SIGTERM)
-            deadline = time.monotonic() + _TUNNEL_STOP_WAIT
+            deadline = time.monotonic() + _SESSION_STOP_WAIT
             while self.alive() and time.monotonic() < deadline:
                 await asyncio.sleep(0.02)
             if self.alive():
                 os.kill(self.pid, signal.SIGKILL)
         if self.process is not None:
-            await asyncio.to_thread(self.process.wait, _TUNNEL_STOP_WAIT)
+            await asyncio.to_thread(self.process.wait, _SESSION_STOP_WAIT)
         if self.log:
             try:
                 os.remove(self.log)
@@ -240,16 +257,22 @@ class _Tunnel:
                 pass
 
 
-def _pid_is_ssh(pid) -> bool:
-    """True if ``pid`` runs and is an ssh port forward (a tunnel pid from a cluster file may be recycled)."""
+def _pid_is_session(pid, folder) -> bool:
+    """True if ``pid`` runs and is the ssh session of remote ``folder`` (a saved pid may be recycled)."""
+    if not os.path.isdir("/proc/self"):  # no cheap way to look: trust the pid
+        try:
+            os.kill(pid, 0)
+        except (OSError, TypeError):
+            return False
+        return True
     try:
         with open(f"/proc/{pid}/cmdline", "rb") as f:
-            args = f.read().split(b"\0")
+            args = f.read()
         with open(f"/proc/{pid}/stat") as f:
             zombie = f.read().rsplit(")", 1)[1].split()[0] == "Z"
     except (OSError, TypeError, IndexError):
         return False
-    return not zombie and b"-L" in args and b"-N" in args
+    return not zombie and bool(folder) and folder.encode() in args
 
 
 @dataclass
@@ -260,12 +283,12 @@ class _Host:
     engine_ids: list
     folder: str | None = None
     pids: dict = field(default_factory=dict)  # engine id -> remote kernel pid
-    tunnel: _Tunnel | None = None
+    session: _Session | None = None
     address: str | None = None  # its IPv4 address (without tunnels only)
 
     def facts(self) -> dict:
         return {"engines": list(self.engine_ids), "remote_pids": {str(k): v for k, v in self.pids.items()},
-                "remote_dir": self.folder, "tunnel_pid": self.tunnel.pid if self.tunnel else None}
+                "remote_dir": self.folder, "ssh_pid": self.session.pid if self.session else None}
 
 
 class SSHEngine:
@@ -343,11 +366,7 @@ class SSHEngineSet(EngineSet):
             why = f"ssh {host.spec}: no answer for engines {sorted(set(host.engine_ids) - set(answer.ready))}"
         if why is not None:
             raise EngineStartError(why)
-        if self.tunnel:
-            forwards = await self._open_tunnel(host, answer.ready)
-        else:
-            forwards = {eid: {k: info[k] for k in _PORT_NAMES} for eid, info in answer.ready.items()}
-            await self._await_heartbeats(host, forwards, None)  # no local process to die: waits for them
+        forwards = await self._open_session(host, answer.ready)
         for eid, info in answer.ready.items():
             path = os.path.join(ctx.folder, f"engine-{eid}.json")
             write_connection_file(path, ip=self._client_ip(host), key=info["key"].encode(),
@@ -355,35 +374,49 @@ class SSHEngineSet(EngineSet):
                                   kernel_name=ctx.kernel_name, **forwards[eid])
             self.engines[eid] = SSHEngine(self, eid, path)
 
-    async def _open_tunnel(self, host: _Host, ready: dict) -> dict:
-        """Forward every kernel port of ``host`` to a local one; ``{engine id: {port name: local port}}``."""
-        for attempt in range(_TUNNEL_TRIES):
-            local = iter(_free_ports(len(ready) * len(_PORT_NAMES)))
-            forwards = {eid: {name: next(local) for name in _PORT_NAMES} for eid in ready}
-            options = ["-N", "-o", "ExitOnForwardFailure=yes"]
-            for eid, info in ready.items():
-                for name in _PORT_NAMES:
-                    options += ["-L", f"127.0.0.1:{forwards[eid][name]}:127.0.0.1:{info[name]}"]
-            log = os.path.join(self.ctx.folder, f"ssh-tunnel-{host.spec.replace('/', '_')}.log")
+    async def _open_session(self, host: _Host, ready: dict) -> dict:
+        """Start the host's ssh session (with the tunnel); ``{engine id: {port name: port clients use}}``.
+
+        Returns once every kernel's heartbeat answers through it.
+        """
+        for attempt in range(_TUNNEL_TRIES if self.tunnel else 1):
+            options = []
+            if self.tunnel:
+                local = iter(_free_ports(len(ready) * len(_PORT_NAMES)))
+                forwards = {eid: {name: next(local) for name in _PORT_NAMES} for eid in ready}
+                options = ["-o", "ExitOnForwardFailure=yes"]
+                for eid, info in ready.items():
+                    for name in _PORT_NAMES:
+                        options += ["-L", f"127.0.0.1:{forwards[eid][name]}:127.0.0.1:{info[name]}"]
+            else:
+                forwards = {eid: {name: info[name] for name in _PORT_NAMES} for eid, info in ready.items()}
+            command = [self.ssh.python, "-c", shlex.quote(_KEEPER), shlex.quote(host.folder)]
+            log = os.path.join(self.ctx.folder, f"ssh-{host.spec.replace('/', '_')}.log")
             with open(log, "wb") as out:
                 # Its own session: a Ctrl-C in the terminal (SIGINT to the
-                # foreground group) must not end the tunnel.
-                process = subprocess.Popen(self.ssh.argv(host.spec, options), stdin=subprocess.DEVNULL,
+                # foreground group) must not end it.
+                process = subprocess.Popen(self.ssh.argv(host.spec, options, command), stdin=subprocess.PIPE,
                                            stdout=subprocess.DEVNULL, stderr=out, start_new_session=True)
-            host.tunnel = _Tunnel(process, log=log)
+            host.session = _Session(process, log=log, folder=host.folder)
+            program = _program({"op": "watch", "folder": host.folder, "grace": _GRACE})
+            try:  # a few kB: the pipe takes them at once; its end stays open as long as we run
+                process.stdin.write(b"%d\n" % len(program) + program)
+                process.stdin.flush()
+            except BrokenPipeError:  # ssh is gone already: its output says why
+                pass
             if await self._await_heartbeats(host, forwards, process):
                 return forwards
-            said = host.tunnel.output()
-            await host.tunnel.stop()
-            host.tunnel = None
+            said = host.session.output()
+            await host.session.stop()
+            host.session = None
             taken = "Address already in use" in said or "cannot listen" in said
             if not taken or attempt == _TUNNEL_TRIES - 1:
-                raise EngineStartError(f"ssh tunnel to {host.spec} exited (code {process.returncode}):"
+                raise EngineStartError(f"ssh session to {host.spec} exited (code {process.returncode}):"
                                        f" {said or 'no output'}")
         raise AssertionError("unreachable")
 
     async def _await_heartbeats(self, host: _Host, forwards: dict, process) -> bool:
-        """True once every kernel of ``host`` echoes its heartbeat (False if ``process``, the tunnel, exits)."""
+        """True once every kernel of ``host`` echoes its heartbeat (False if ``process``, its ssh, exits)."""
         probes = [SimpleNamespace(transport="tcp", ip=self._client_ip(host), hb_port=ports["hb_port"],
                                   provisioner=SimpleNamespace(process=process))
                   for ports in forwards.values()]
@@ -411,10 +444,10 @@ class SSHEngineSet(EngineSet):
         # Same connection file, same remote ports: the tunnel (if any) reaches the new kernel as it is.
         hb = SimpleNamespace(transport="tcp", ip=self._client_ip(host),
                              hb_port=_local_ports(self.engines[engine_id].connection_file)["hb_port"],
-                             provisioner=SimpleNamespace(process=getattr(host.tunnel, "process", None)))
+                             provisioner=SimpleNamespace(process=getattr(host.session, "process", None)))
         if await _heartbeat_or_exit(hb, ctx.timeout) is not None:
-            raise EngineStartError(f"engine {engine_id} restarted, but the ssh tunnel to {host.spec} is gone:"
-                                   f" {host.tunnel.output() or 'no output'}")
+            raise EngineStartError(f"engine {engine_id} restarted, but the ssh session to {host.spec} is gone:"
+                                   f" {host.session.output() or 'no output'}")
 
     async def stop(self, engine_ids) -> None:
         ids = set(engine_ids)
@@ -439,9 +472,9 @@ class SSHEngineSet(EngineSet):
             host.pids.pop(i, None)
         if last:
             host.folder = None
-            if host.tunnel is not None:
-                await host.tunnel.stop()
-                host.tunnel = None
+            if host.session is not None:
+                await host.session.stop()
+                host.session = None
 
     async def signal(self, engine_id: int, signum) -> None:
         """Send ``signum`` to a remote kernel (and what it runs) over ssh."""
@@ -456,15 +489,15 @@ class SSHEngineSet(EngineSet):
         return self.ctx.log if self.ctx is not None else logging.getLogger("ipyparallel_ext.cluster")
 
     def state(self, engine_id: int) -> str:
-        tunnel = self._host_of(engine_id).tunnel
-        return "dead" if self.tunnel and (tunnel is None or not tunnel.alive()) else "running"
+        session = self._host_of(engine_id).session
+        return "running" if session is not None and session.alive() else "dead"
 
     def status(self) -> dict:
         live = [h for h in self.hosts if h.engine_ids]
         if not live:
             state = "stopped"
-        elif self.tunnel and any(h.tunnel is None or not h.tunnel.alive() for h in live):
-            state = "tunnel down"
+        elif any(h.session is None or not h.session.alive() for h in live):
+            state = "ssh session lost"
         else:
             state = "running"
         return {"launcher": self.launcher, "state": state, "tunnel": self.tunnel,
@@ -568,7 +601,8 @@ class SSHLauncher(Launcher):
             ssh = _Ssh(saved["ssh"], list(saved["ssh_args"]), saved["python"])
             hosts = [_Host(spec, list(facts["engines"]), facts["remote_dir"],
                            {int(k): v for k, v in facts["remote_pids"].items()},
-                           _Tunnel(pid=facts["tunnel_pid"]) if facts.get("tunnel_pid") else None)
+                           _Session(pid=facts["ssh_pid"], folder=facts["remote_dir"]) if facts.get("ssh_pid")
+                           else None)
                      for spec, facts in saved["hosts"].items()]
             engine_set = SSHEngineSet(ssh, hosts, tunnel=saved["tunnel"])
         except (KeyError, TypeError, ValueError):

@@ -2,7 +2,10 @@
 
 :mod:`._ssh` sends this file's text, followed by one line ``main({...})``,
 to ``ssh host python3 -``: the request (and the kernels' keys in it) thus
-travels on stdin, never on a command line a remote ``ps`` shows.  It is
+travels on stdin, never on a command line a remote ``ps`` shows.  The
+host's long-lived session (the tunnel) runs it as ``python3 -c <read N
+bytes of stdin and exec them>``, so that the rest of its stdin stays open
+for :func:`watch`.  It is
 not an engine: it starts, signals and stops ordinary ``ipykernel_launcher``
 kernels, then exits; the kernels run on in their own sessions.
 
@@ -96,6 +99,8 @@ def _launch(folder, engine_id, argv, env):
         # group, so an interrupt_request reaches the code it runs too.
         process = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=log, stderr=log, cwd=folder,
                                    env=dict(os.environ, **env), start_new_session=True)
+    with open(os.path.join(folder, "engine-%s.pid" % engine_id), "w") as f:
+        f.write(str(process.pid))  # for watch(), which knows the folder only
     _say("pid", engine_id, process.pid)
     return process
 
@@ -176,11 +181,32 @@ def stop(request):
         shutil.rmtree(folder, ignore_errors=True)
         return
     for engine_id in request["pids"]:
-        for name in ("engine-%s.json" % engine_id, "engine-%s.log" % engine_id):
+        for name in ("engine-%s.json" % engine_id, "engine-%s.log" % engine_id, "engine-%s.pid" % engine_id):
             try:
                 os.remove(os.path.join(folder, name))
             except FileNotFoundError:
                 pass
+
+
+def watch(request):
+    """Wait for the end of stdin (the ssh session's end on the launcher's side), then stop the folder's kernels.
+
+    Run by the ssh process that holds a host's tunnel: when the Python that
+    started the engines dies, however it dies, the kernels it can no longer
+    reach are stopped, as local kernels stop with their parent.
+    """
+    sys.stdin.buffer.read()
+    folder = request["folder"]
+    pids = []
+    for name in os.listdir(folder) if os.path.isdir(folder) else []:
+        if name.endswith(".pid"):
+            try:
+                with open(os.path.join(folder, name)) as f:
+                    pids.append(int(f.read()))
+            except (OSError, ValueError):
+                pass
+    _kill(pids, folder, request["grace"])
+    shutil.rmtree(folder, ignore_errors=True)
 
 
 def send_signal(request):
@@ -195,5 +221,6 @@ def send_signal(request):
 
 
 def main(request):
-    {"start": start, "restart": restart, "stop": stop, "signal": send_signal}[request["op"]](request)
+    ops = {"start": start, "restart": restart, "stop": stop, "signal": send_signal, "watch": watch}
+    ops[request["op"]](request)
     _say("done")

@@ -13,7 +13,7 @@ import sys
 import psutil
 import pytest
 from _ssh_fixture import HOSTS, SSHServer, skip_reason
-from conftest import alive, wait_until
+from conftest import alive, readline, wait_until
 
 import ipyparallel_ext as ipp
 from ipyparallel_ext.cluster import SSHLauncher
@@ -67,8 +67,7 @@ def assert_nothing_left(sshd, status):
         assert facts["remote_dir"]
         answer = sshd.run(host.rpartition("@")[2].split(":")[0], f"test -e {facts['remote_dir']} && echo left")
         assert answer.returncode in (0, 1) and "left" not in answer.stdout, answer
-        if facts["tunnel_pid"] is not None:
-            assert wait_until(lambda t=facts["tunnel_pid"]: not alive(t), timeout=10), "an ssh tunnel is left"
+        assert wait_until(lambda t=facts["ssh_pid"]: not alive(t), timeout=10), "an ssh session is left"
 
 
 @pytest.fixture(scope="module")
@@ -115,7 +114,7 @@ def test_clients_see_loopback_ports_of_the_tunnels_kernels_listen_on_loopback_on
         (host,) = [h for h, facts in status["hosts"].items() if eid in facts["engines"]]
         facts = status["hosts"][host]
         # The client's ports are the tunnel's: ssh listens on them here...
-        assert {("127.0.0.1", p) for p in ports} <= listening(facts["tunnel_pid"])
+        assert {("127.0.0.1", p) for p in ports} <= listening(facts["ssh_pid"])
         # ...and the kernel listens on the remote loopback only, on other ports.
         kernel = listening(facts["remote_pids"][str(eid)])
         assert kernel and {ip for ip, _ in kernel} == {"127.0.0.1"}
@@ -196,6 +195,27 @@ def test_another_process_stops_the_set_from_the_saved_facts(sshd, tmp_path):
         cluster.stop_cluster_sync()
 
 
+def test_engines_end_with_the_python_that_started_them(sshd, tmp_path):
+    # A client process killed outright stops nothing itself: its ssh sessions end, and with
+    # them the remote kernels, as local kernels end with their parent.
+    code = ("import json, sys, time, ipyparallel_ext as ipp\n"
+            "c = ipp.Cluster(n=2, engines='ssh', engine_timeout=90, launcher_options=json.loads(sys.argv[1]))\n"
+            "c.start_cluster_sync()\n"
+            "print(json.dumps(list(c.engine_set_status().values())[0]), flush=True)\n"
+            "time.sleep(300)\n")
+    options = {"hosts": list(HOSTS), "ssh_args": sshd.client_args(), "python": sys.executable}
+    process = subprocess.Popen([sys.executable, "-c", code, json.dumps(options)], stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True)
+    try:
+        status = json.loads(readline(process, timeout=120))
+        assert all(alive(pid) for pid in remote_pids(status))
+    finally:
+        process.kill()
+        process.wait(30)
+    # Its ssh sessions were its children: they see their stdin end and exit once the kernels are gone.
+    assert_nothing_left(sshd, status)
+
+
 def test_without_tunnels_kernels_listen_on_the_hosts_address(sshd):
     cluster = ssh_cluster(sshd, {HOSTS[0]: 1, HOSTS[1]: 1}, tunnel=False)
     try:
@@ -204,7 +224,7 @@ def test_without_tunnels_kernels_listen_on_the_hosts_address(sshd):
         status = set_status(cluster)
         assert status["tunnel"] is False
         for host, facts in status["hosts"].items():
-            assert facts["tunnel_pid"] is None
+            assert not listening(facts["ssh_pid"])  # its session forwards nothing
             (eid,) = facts["engines"]
             with open(cluster.engines[eid].connection_file) as f:
                 info = json.load(f)
