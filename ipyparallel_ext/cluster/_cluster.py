@@ -303,7 +303,7 @@ class Cluster:
 
     @_on_cluster_loop
     async def start_engines(self, n=None, engine_set_id=None, **kwargs):
-        """Start ``n`` more engines (default ``self.n``, else the number of CPUs); grow a running cluster.
+        """Start ``n`` more engines (default ``self.n``, else the launcher's, else the number of CPUs); grow a running cluster.
 
         New engines get the next ids and join every client of this cluster.
         ``kwargs`` are ipyparallel's per-call launcher options, which no
@@ -321,7 +321,8 @@ class Cluster:
         if self._supervised_elsewhere:
             answer = await asyncio.to_thread(self._control, "add", n=n, engine_set_id=engine_set_id)
             return answer["engine_set_id"]
-        n = n if n is not None else (self.n if self.n is not None else (os.cpu_count() or 1))
+        if n is None:
+            n = self.n if self.n is not None else (self.launcher.default_n() or os.cpu_count() or 1)
         if engine_set_id is None:
             engine_set_id = f"{int(time.time())}-{uuid.uuid4().hex[:4]}"
         elif engine_set_id in self.engine_sets:

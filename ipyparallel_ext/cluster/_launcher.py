@@ -127,6 +127,13 @@ class Launcher(ABC):
         """The launcher's options, JSON-able (cluster files, ``Cluster.to_dict``)."""
         return {}
 
+    def default_n(self) -> int | None:
+        """How many engines a start with no ``n`` (on the call or the Cluster) asks for; None: one per CPU here.
+
+        A launcher whose options already say it (ssh's ``{host: count}``) answers that.
+        """
+        return None
+
     @classmethod
     def attach(cls, saved: dict, engines: dict) -> EngineSet | None:
         """An engine set of another process, from its :meth:`EngineSet.to_dict`, that can stop it.
