@@ -530,8 +530,8 @@ class SSHLauncher(Launcher):
     hosts : dict or list
         ``{host: engine count}``, or a list of hosts (one engine per entry).
         A host is ``host``, ``user@host``, ``host:port`` or ``user@host:port``.
-        A cluster starting fewer engines than the counts add up to spreads
-        them over the hosts; more is an error.
+        A Cluster with no ``n`` starts them all; fewer are spread over the
+        hosts; more is an error.
     ssh : str
         The ssh command (default ``"ssh"``).
     ssh_args : list of str, or str
@@ -575,6 +575,10 @@ class SSHLauncher(Launcher):
     def options(self) -> dict:
         return {"hosts": dict(self.hosts), "ssh": self.ssh, "ssh_args": list(self.ssh_args),
                 "python": self.python, "remote_dir": self.remote_dir, "tunnel": self.tunnel, "ip": self.ip}
+
+    def default_n(self) -> int:
+        """Every slot of :attr:`hosts`."""
+        return sum(self.hosts.values())
 
     async def start(self, ctx: LaunchContext) -> SSHEngineSet:
         placed = _place(self.hosts, len(ctx.engine_ids))

@@ -199,7 +199,7 @@ def test_engines_end_with_the_python_that_started_them(sshd, tmp_path):
     # A client process killed outright stops nothing itself: its ssh sessions end, and with
     # them the remote kernels, as local kernels end with their parent.
     code = ("import json, sys, time, ipyparallel_ext as ipp\n"
-            "c = ipp.Cluster(n=2, engines='ssh', engine_timeout=90, launcher_options=json.loads(sys.argv[1]))\n"
+            "c = ipp.Cluster(engines='ssh', engine_timeout=90, launcher_options=json.loads(sys.argv[1]))\n"
             "c.start_cluster_sync()\n"
             "print(json.dumps(list(c.engine_set_status().values())[0]), flush=True)\n"
             "time.sleep(300)\n")
@@ -208,6 +208,7 @@ def test_engines_end_with_the_python_that_started_them(sshd, tmp_path):
                                stderr=subprocess.PIPE, text=True)
     try:
         status = json.loads(readline(process, timeout=120))
+        assert sorted(status["hosts"]) == sorted(HOSTS)  # no n: one engine per listed host
         assert all(alive(pid) for pid in remote_pids(status))
     finally:
         process.kill()
