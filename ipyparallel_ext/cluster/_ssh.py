@@ -343,11 +343,12 @@ class SSHEngineSet(EngineSet):
                             **dict.fromkeys(_PORT_NAMES, 0)}
                  for eid in host.engine_ids}
         return {"op": "start", "dir": remote_dir, "files": files, "argv": self.argv, "env": ctx.env,
-                "timeout": ctx.timeout, "grace": _GRACE}
+                "timeout": _remote_share(ctx.timeout), "grace": _GRACE}
 
     async def start_host(self, host: _Host, remote_dir) -> None:
         """Start a host's kernels, then its tunnel; write their local connection files."""
         ctx = self.ctx
+        deadline = time.monotonic() + ctx.timeout  # one for the whole start: ssh, kernels, tunnel
         if not self.tunnel:  # the host's address, as this machine resolves it
             name = _parse_host(host.spec)[1]
             try:
@@ -366,7 +367,7 @@ class SSHEngineSet(EngineSet):
             why = f"ssh {host.spec}: no answer for engines {sorted(set(host.engine_ids) - set(answer.ready))}"
         if why is not None:
             raise EngineStartError(why)
-        forwards = await self._open_session(host, answer.ready)
+        forwards = await self._open_session(host, answer.ready, deadline)
         for eid, info in answer.ready.items():
             path = os.path.join(ctx.folder, f"engine-{eid}.json")
             write_connection_file(path, ip=self._client_ip(host), key=info["key"].encode(),
@@ -374,7 +375,7 @@ class SSHEngineSet(EngineSet):
                                   kernel_name=ctx.kernel_name, **forwards[eid])
             self.engines[eid] = SSHEngine(self, eid, path)
 
-    async def _open_session(self, host: _Host, ready: dict) -> dict:
+    async def _open_session(self, host: _Host, ready: dict, deadline: float) -> dict:
         """Start the host's ssh session (with the tunnel); ``{engine id: {port name: port clients use}}``.
 
         Returns once every kernel's heartbeat answers through it.
@@ -391,7 +392,7 @@ class SSHEngineSet(EngineSet):
             else:
                 forwards = {eid: {name: info[name] for name in _PORT_NAMES} for eid, info in ready.items()}
             command = [self.ssh.python, "-c", shlex.quote(_KEEPER), shlex.quote(host.folder)]
-            log = os.path.join(self.ctx.folder, f"ssh-{host.spec.replace('/', '_')}.log")
+            log = os.path.join(self.ctx.folder, f"ssh-{self.ctx.set_id}-{host.spec.replace('/', '_')}.log")
             with open(log, "wb") as out:
                 # Its own session: a Ctrl-C in the terminal (SIGINT to the
                 # foreground group) must not end it.
@@ -404,7 +405,7 @@ class SSHEngineSet(EngineSet):
                 process.stdin.flush()
             except BrokenPipeError:  # ssh is gone already: its output says why
                 pass
-            if await self._await_heartbeats(host, forwards, process):
+            if await self._await_heartbeats(host, forwards, process, deadline):
                 return forwards
             said = host.session.output()
             await host.session.stop()
@@ -415,12 +416,13 @@ class SSHEngineSet(EngineSet):
                                        f" {said or 'no output'}")
         raise AssertionError("unreachable")
 
-    async def _await_heartbeats(self, host: _Host, forwards: dict, process) -> bool:
+    async def _await_heartbeats(self, host: _Host, forwards: dict, process, deadline: float) -> bool:
         """True once every kernel of ``host`` echoes its heartbeat (False if ``process``, its ssh, exits)."""
         probes = [SimpleNamespace(transport="tcp", ip=self._client_ip(host), hb_port=ports["hb_port"],
                                   provisioner=SimpleNamespace(process=process))
                   for ports in forwards.values()]
-        codes = await asyncio.gather(*(_heartbeat_or_exit(p, self.ctx.timeout) for p in probes))
+        left = max(1.0, deadline - time.monotonic())
+        codes = await asyncio.gather(*(_heartbeat_or_exit(p, left) for p in probes))
         return all(code is None for code in codes)
 
     # -- the EngineSet interface ---------------------------------------------------------
@@ -432,10 +434,10 @@ class SSHEngineSet(EngineSet):
             return await super().restart(engine_id)
         answer = _Answer()
         request = {"op": "restart", "folder": host.folder, "engine_id": str(engine_id),
-                   "pid": host.pids.get(engine_id), "argv": self.argv, "env": ctx.env, "timeout": ctx.timeout,
-                   "grace": _GRACE}
+                   "pid": host.pids.get(engine_id), "argv": self.argv, "env": ctx.env,
+                   "timeout": _remote_share(ctx.timeout), "grace": _GRACE}
         try:
-            await self.ssh.remote(host.spec, request, ctx.timeout + _GRACE + _LOGIN_TIMEOUT, answer)
+            await self.ssh.remote(host.spec, request, ctx.timeout + _GRACE, answer)
         finally:
             host.pids.update(answer.pids)
         why = answer.failure(f"ssh {host.spec}", ctx.timeout)
@@ -506,6 +508,14 @@ class SSHEngineSet(EngineSet):
     def to_dict(self) -> dict:
         return {**self.status(), "ssh": self.ssh.ssh, "ssh_args": list(self.ssh.ssh_args),
                 "python": self.ssh.python}
+
+
+def _remote_share(timeout: float) -> float:
+    """The part of a start's ``timeout`` the remote helper waits for kernels: the rest is for ssh's login.
+
+    The remote side then gives up first, and says why (the kernel's log).
+    """
+    return max(timeout - min(10.0, timeout / 4), 1.0)
 
 
 def _local_ports(path: str) -> dict:

@@ -7,6 +7,7 @@ processes, their sockets, their folder) can be checked here too.
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 
@@ -36,12 +37,12 @@ def sshd():
         server.close()
 
 
-def ssh_cluster(sshd, hosts, **options):
+def ssh_cluster(sshd, hosts, kernel_name=None, **options):
     """An unstarted Cluster of ssh engines on the test sshd, running this Python there."""
     options.setdefault("ssh_args", sshd.client_args())
     options.setdefault("python", sys.executable)
     return ipp.Cluster(n=sum(hosts.values()) if isinstance(hosts, dict) else len(hosts), engines="ssh",
-                       launcher_options={"hosts": hosts, **options}, engine_timeout=90)
+                       launcher_options={"hosts": hosts, **options}, engine_timeout=90, kernel_name=kernel_name)
 
 
 def set_status(cluster):
@@ -195,6 +196,35 @@ def test_another_process_stops_the_set_from_the_saved_facts(sshd, tmp_path):
         cluster.stop_cluster_sync()
 
 
+def test_a_local_port_taken_before_the_tunnel_binds_it_is_replaced(sshd, monkeypatch):
+    # The race the tunnel's retry is for: a port picked free is taken before ssh binds it.
+    from ipyparallel_ext.cluster import _ssh
+
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen()
+    picks = []
+
+    def pick(k, free_ports=_ssh._free_ports):
+        ports = free_ports(k)
+        if not picks:
+            ports[0] = taken.getsockname()[1]
+        picks.append(ports)
+        return ports
+
+    monkeypatch.setattr(_ssh, "_free_ports", pick)
+    cluster = ssh_cluster(sshd, {HOSTS[0]: 1})
+    try:
+        rc = cluster.start_and_connect_sync()
+        assert rc[:].apply_sync(lambda: "ok") == ["ok"]
+        assert len(picks) == 2  # ssh refused the taken port (ExitOnForwardFailure); fresh ones worked
+        with open(cluster.connection_files[0]) as f:
+            assert taken.getsockname()[1] not in json.load(f).values()
+    finally:
+        cluster.stop_cluster_sync()
+        taken.close()
+
+
 def test_engines_end_with_the_python_that_started_them(sshd, tmp_path):
     # A client process killed outright stops nothing itself: its ssh sessions end, and with
     # them the remote kernels, as local kernels end with their parent.
@@ -218,7 +248,8 @@ def test_engines_end_with_the_python_that_started_them(sshd, tmp_path):
 
 
 def test_without_tunnels_kernels_listen_on_the_hosts_address(sshd):
-    cluster = ssh_cluster(sshd, {HOSTS[0]: 1, HOSTS[1]: 1}, tunnel=False)
+    # Any kernelspec: its argv runs with the remote Python.
+    cluster = ssh_cluster(sshd, {HOSTS[0]: 1, HOSTS[1]: 1}, kernel_name="python3", tunnel=False)
     try:
         rc = cluster.start_and_connect_sync()
         pids = rc[:].apply_sync(os.getpid)
@@ -235,6 +266,7 @@ def test_without_tunnels_kernels_listen_on_the_hosts_address(sshd):
             # private loopback pipe (ipykernel's IOPub thread), not reachable from elsewhere.
             assert {(host, info[k]) for k in PORTS} <= kernel
             assert {ip for ip, _ in kernel} <= {host, "127.0.0.1"}
+            assert "--HistoryManager.enabled=False" not in psutil.Process(facts["remote_pids"][str(eid)]).cmdline()
         assert sorted(pids) == sorted(remote_pids(status))
     finally:
         cluster.stop_cluster_sync()
