@@ -152,12 +152,13 @@ class _Answer:
             self.done = True
         elif word in ("pid", "ready", "error"):
             eid, _, value = rest.partition(" ")
-            getattr(self, {"pid": "pids"}.get(word, word))[int(eid)] = json.loads(value)
+            table = {"pid": self.pids, "ready": self.ready, "error": self.errors}[word]
+            table[int(eid)] = json.loads(value)
 
     def failure(self, what: str, timeout: float) -> str | None:
         """Why this run failed, in ssh's and the kernels' own words; None if it did not."""
         if self.errors:
-            return "; ".join(f"engine {eid}: {why}" for eid, why in sorted(self.errors.items()))
+            return "; ".join(f"{what}: engine {eid}: {why}" for eid, why in sorted(self.errors.items()))
         if self.timed_out:
             return f"{what} took longer than {timeout:g} s" + (f": {_clean(self.stderr)}" if self.stderr else "")
         if not self.done:

@@ -312,6 +312,24 @@ def test_one_host_failing_stops_the_engines_the_other_one_started(sshd, tmp_path
     assert _our_ssh_processes() <= before
 
 
+def test_a_kernel_that_dies_at_start_is_named_with_its_log(sshd, tmp_path, monkeypatch):
+    spec = tmp_path / "jupyter" / "kernels" / "refuses"
+    spec.mkdir(parents=True)
+    (spec / "kernel.json").write_text(json.dumps({
+        "argv": ["python", "-c", "import sys; sys.exit('this kernel refuses to start')", "{connection_file}"],
+        "display_name": "refuses", "language": "python"}))
+    monkeypatch.setenv("JUPYTER_PATH", str(tmp_path / "jupyter"))
+    remote = tmp_path / "remote"
+    cluster = ssh_cluster(sshd, {HOSTS[0]: 1, HOSTS[1]: 1}, kernel_name="refuses", remote_dir=str(remote))
+    try:
+        with pytest.raises(EngineStartError, match="2 of 2 hosts") as info:
+            cluster.start_cluster_sync()
+        assert str(info.value).count("kernel exited with code 1: this kernel refuses to start") == 2
+        assert os.listdir(remote) == []
+    finally:
+        cluster.stop_cluster_sync()
+
+
 def test_missing_remote_python_says_so(sshd):
     cluster = ssh_cluster(sshd, {HOSTS[0]: 1}, python="/nonexistent/python3")
     try:
