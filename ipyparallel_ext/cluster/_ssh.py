@@ -24,7 +24,8 @@ process can do the same from the saved facts (:meth:`SSHLauncher.attach`):
 hosts, remote pids and folders, ssh session pids.
 
 The remote pids are checked against the remote folder before any signal
-(``/proc``), so a recycled pid is never killed.
+(``/proc``), so a recycled pid is never killed.  Running ssh lives in
+:mod:`._ssh_run`, the remote side in :mod:`._ssh_remote`.
 """
 
 from __future__ import annotations
@@ -35,9 +36,7 @@ import logging
 import os
 import secrets
 import shlex
-import signal
 import socket
-import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
@@ -48,34 +47,12 @@ from jupyter_client.connect import write_connection_file
 from ..error import EngineStartError
 from ._launcher import EngineSet, LaunchContext, Launcher
 from ._local import _heartbeat_or_exit
+from ._ssh_run import Answer, Session, Ssh, parse_host
 
 _PORT_NAMES = ("shell_port", "iopub_port", "stdin_port", "control_port", "hb_port")
 _GRACE = 5.0  # seconds a remote kernel gets to exit after SIGTERM, before SIGKILL
 _LOGIN_TIMEOUT = 30.0  # seconds an ssh command that stops or signals kernels may take on top
 _TUNNEL_TRIES = 3  # tunnels started on fresh local ports when one of them was taken meanwhile
-_SESSION_STOP_WAIT = 5.0
-# The session's remote command: run the program that comes first on stdin, leaving the rest of it open.
-_KEEPER = "import sys; exec(sys.stdin.buffer.read(int(sys.stdin.buffer.readline())))"
-_SCRIPT = open(os.path.join(os.path.dirname(__file__), "_ssh_remote.py")).read()  # noqa: SIM115
-# Noise every login with StrictHostKeyChecking=no prints: not part of an error.
-_SSH_NOISE = ("Warning: Permanently added",)
-
-
-def _parse_host(spec: str) -> tuple:
-    """``'user@host:port'`` -> ``('user@host', 'host', 'port' or None)``."""
-    if not isinstance(spec, str) or not spec.strip() or any(c.isspace() for c in spec):
-        raise ValueError(f"ssh host {spec!r}: expected 'host', 'user@host', 'host:port' or 'user@host:port'")
-    user, _, hostport = spec.rpartition("@")
-    if hostport.startswith("["):  # [v6 address]:port
-        address, _, rest = hostport[1:].partition("]")
-        port = rest[1:] if rest.startswith(":") else None
-    elif hostport.count(":") == 1:
-        address, port = hostport.split(":")
-    else:
-        address, port = hostport, None
-    if not address or (port is not None and not port.isdigit()):
-        raise ValueError(f"ssh host {spec!r}: expected 'host', 'user@host', 'host:port' or 'user@host:port'")
-    return (f"{user}@{address}" if user else address), address, port
 
 
 def _normalise_hosts(hosts) -> dict:
@@ -91,7 +68,7 @@ def _normalise_hosts(hosts) -> dict:
     if not counts:
         raise ValueError("SSHLauncher(hosts=...): no hosts given")
     for host, count in counts.items():
-        _parse_host(host)
+        parse_host(host)
         if not isinstance(count, int) or isinstance(count, bool) or count < 1:
             raise ValueError(f"SSHLauncher(hosts=...): engine count {count!r} of host {host!r} is not a"
                              f" positive integer")
@@ -127,155 +104,6 @@ def _free_ports(k: int) -> list:
             s.close()
 
 
-def _clean(stderr: str) -> str:
-    return "\n".join(line for line in stderr.strip().splitlines() if not line.startswith(_SSH_NOISE))
-
-
-@dataclass
-class _Answer:
-    """What one run of :mod:`._ssh_remote` said, as far as it got."""
-
-    folder: str | None = None
-    pids: dict = field(default_factory=dict)
-    ready: dict = field(default_factory=dict)
-    errors: dict = field(default_factory=dict)
-    done: bool = False
-    returncode: int | None = None
-    stderr: str = ""
-    timed_out: bool = False
-
-    def read(self, line: str) -> None:
-        word, _, rest = line.partition(" ")
-        if word == "dir":
-            self.folder = rest
-        elif word == "done":
-            self.done = True
-        elif word in ("pid", "ready", "error"):
-            eid, _, value = rest.partition(" ")
-            table = {"pid": self.pids, "ready": self.ready, "error": self.errors}[word]
-            table[int(eid)] = json.loads(value)
-
-    def failure(self, what: str, timeout: float) -> str | None:
-        """Why this run failed, in ssh's and the kernels' own words; None if it did not."""
-        if self.errors:
-            return "; ".join(f"{what}: engine {eid}: {why}" for eid, why in sorted(self.errors.items()))
-        if self.timed_out:
-            return f"{what} took longer than {timeout:g} s" + (f": {_clean(self.stderr)}" if self.stderr else "")
-        if not self.done:
-            return f"{what} failed (exit code {self.returncode}): {_clean(self.stderr) or 'no output'}"
-        return None
-
-
-def _program(request: dict) -> bytes:
-    """The Python text that runs ``request`` remotely: :mod:`._ssh_remote` and a call of its ``main``."""
-    return f"{_SCRIPT}\nmain(json.loads({json.dumps(request)!r}))\n".encode()
-
-
-class _Ssh:
-    """How to run ssh to one host: the command, its options, the remote Python."""
-
-    def __init__(self, ssh: str, ssh_args: list, python: str):
-        self.ssh, self.ssh_args, self.python = ssh, ssh_args, python
-
-    def argv(self, spec: str, options=(), command=()) -> list:
-        dest, _, port = _parse_host(spec)
-        # ssh keeps the first value of each -o option: the user's ssh_args win over our defaults.
-        return [*shlex.split(self.ssh), *self.ssh_args, "-o", "BatchMode=yes", *options,
-                *(["-p", port] if port else []), dest, *command]
-
-    async def remote(self, spec: str, request: dict, timeout: float, answer: _Answer) -> _Answer:
-        """Run :mod:`._ssh_remote` on ``spec`` with ``request``, filling ``answer`` as lines come."""
-        process = await asyncio.create_subprocess_exec(
-            *self.argv(spec, command=[self.python, "-"]), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE, start_new_session=True)
-        stderr = asyncio.ensure_future(process.stderr.read())
-        try:
-            process.stdin.write(_program(request))
-            await process.stdin.drain()
-            process.stdin.close()
-        except (BrokenPipeError, ConnectionResetError):  # ssh gave up before reading: its stderr says why
-            pass
-        deadline = time.monotonic() + timeout
-        try:
-            while line := await asyncio.wait_for(process.stdout.readline(), max(0.0, deadline - time.monotonic())):
-                answer.read(line.decode().rstrip("\n"))
-            answer.returncode = await asyncio.wait_for(process.wait(), max(0.1, deadline - time.monotonic()))
-        except asyncio.TimeoutError:
-            answer.timed_out = True
-            process.kill()
-            await process.wait()
-        finally:
-            if process.returncode is None:  # cancelled: leave no ssh behind
-                process.kill()
-                await process.wait()
-        answer.stderr = (await stderr).decode(errors="replace")
-        return answer
-
-
-class _Session:
-    """A host's long-lived ssh process, ours (a Popen) or another process's (a pid).
-
-    It carries the tunnel's forwards (``-L``), and runs :func:`._ssh_remote.watch`
-    on the host: when this ssh ends, whoever ends it (a stop, a crash of the
-    Python that started it), the host's kernels are stopped and their folder
-    removed, as local kernels end with their parent.
-    """
-
-    def __init__(self, process=None, pid: int | None = None, log: str | None = None,
-                 folder: str | None = None):
-        self.process = process
-        self.pid = process.pid if process is not None else pid
-        self.log = log
-        self.folder = folder
-
-    def alive(self) -> bool:
-        if self.process is not None:
-            return self.process.poll() is None
-        return _pid_is_session(self.pid, self.folder)
-
-    def output(self) -> str:
-        """What ssh said (its stderr)."""
-        try:
-            with open(self.log, errors="replace") as f:
-                return _clean(f.read())
-        except (OSError, TypeError):
-            return ""
-
-    async def stop(self) -> None:
-        if self.alive():
-            os.kill(self.pid, signal.SIGTERM)
-            deadline = time.monotonic() + _SESSION_STOP_WAIT
-            while self.alive() and time.monotonic() < deadline:
-                await asyncio.sleep(0.02)
-            if self.alive():
-                os.kill(self.pid, signal.SIGKILL)
-        if self.process is not None:
-            await asyncio.to_thread(self.process.wait, _SESSION_STOP_WAIT)
-        if self.log:
-            try:
-                os.remove(self.log)
-            except FileNotFoundError:
-                pass
-
-
-def _pid_is_session(pid, folder) -> bool:
-    """True if ``pid`` runs and is the ssh session of remote ``folder`` (a saved pid may be recycled)."""
-    if not os.path.isdir("/proc/self"):  # no cheap way to look: trust the pid
-        try:
-            os.kill(pid, 0)
-        except (OSError, TypeError):
-            return False
-        return True
-    try:
-        with open(f"/proc/{pid}/cmdline", "rb") as f:
-            args = f.read()
-        with open(f"/proc/{pid}/stat") as f:
-            zombie = f.read().rsplit(")", 1)[1].split()[0] == "Z"
-    except (OSError, TypeError, IndexError):
-        return False
-    return not zombie and bool(folder) and folder.encode() in args
-
-
 @dataclass
 class _Host:
     """One host's part of an engine set."""
@@ -284,7 +112,7 @@ class _Host:
     engine_ids: list
     folder: str | None = None
     pids: dict = field(default_factory=dict)  # engine id -> remote kernel pid
-    session: _Session | None = None
+    session: Session | None = None
     address: str | None = None  # its IPv4 address (without tunnels only)
 
     def facts(self) -> dict:
@@ -312,7 +140,7 @@ class SSHEngineSet(EngineSet):
 
     launcher = "ssh"
 
-    def __init__(self, ssh: _Ssh, hosts: list, *, tunnel: bool, ctx: LaunchContext | None = None,
+    def __init__(self, ssh: Ssh, hosts: list, *, tunnel: bool, ctx: LaunchContext | None = None,
                  argv: list | None = None, bind_ip: str | None = None):
         super().__init__()
         self.ssh = ssh
@@ -351,14 +179,14 @@ class SSHEngineSet(EngineSet):
         ctx = self.ctx
         deadline = time.monotonic() + ctx.timeout  # one for the whole start: ssh, kernels, tunnel
         if not self.tunnel:  # the host's address, as this machine resolves it
-            name = _parse_host(host.spec)[1]
+            name = parse_host(host.spec)[1]
             try:
                 found = await asyncio.wait_for(asyncio.get_running_loop().getaddrinfo(
                     name, None, family=socket.AF_INET, type=socket.SOCK_STREAM), ctx.timeout)
             except (OSError, asyncio.TimeoutError) as e:
                 raise EngineStartError(f"ssh host {host.spec}: cannot resolve {name!r}: {e}") from e
             host.address = found[0][4][0]
-        answer = _Answer()
+        answer = Answer()
         try:
             await self.ssh.remote(host.spec, self._start_request(ctx, remote_dir, host), ctx.timeout, answer)
         finally:  # whatever got started is known, to be stopped
@@ -392,20 +220,9 @@ class SSHEngineSet(EngineSet):
                         options += ["-L", f"127.0.0.1:{forwards[eid][name]}:127.0.0.1:{info[name]}"]
             else:
                 forwards = {eid: {name: info[name] for name in _PORT_NAMES} for eid, info in ready.items()}
-            command = [self.ssh.python, "-c", shlex.quote(_KEEPER), shlex.quote(host.folder)]
             log = os.path.join(self.ctx.folder, f"ssh-{self.ctx.set_id}-{host.spec.replace('/', '_')}.log")
-            with open(log, "wb") as out:
-                # Its own session: a Ctrl-C in the terminal (SIGINT to the
-                # foreground group) must not end it.
-                process = subprocess.Popen(self.ssh.argv(host.spec, options, command), stdin=subprocess.PIPE,
-                                           stdout=subprocess.DEVNULL, stderr=out, start_new_session=True)
-            host.session = _Session(process, log=log, folder=host.folder)
-            program = _program({"op": "watch", "folder": host.folder, "grace": _GRACE})
-            try:  # a few kB: the pipe takes them at once; its end stays open as long as we run
-                process.stdin.write(b"%d\n" % len(program) + program)
-                process.stdin.flush()
-            except BrokenPipeError:  # ssh is gone already: its output says why
-                pass
+            host.session = self.ssh.session(host.spec, options, host.folder, log, _GRACE)
+            process = host.session.process
             if await self._await_heartbeats(host, forwards, process, deadline):
                 return forwards
             said = host.session.output()
@@ -433,7 +250,7 @@ class SSHEngineSet(EngineSet):
         ctx = self.ctx
         if ctx is None:
             return await super().restart(engine_id)
-        answer = _Answer()
+        answer = Answer()
         request = {"op": "restart", "folder": host.folder, "engine_id": str(engine_id),
                    "pid": host.pids.get(engine_id), "argv": self.argv, "env": ctx.env,
                    "timeout": _remote_share(ctx.timeout), "grace": _GRACE}
@@ -467,7 +284,7 @@ class SSHEngineSet(EngineSet):
         if host.folder is not None:
             request = {"op": "stop", "folder": host.folder, "grace": _GRACE, "remove_folder": last,
                        "pids": {str(i): host.pids[i] for i in mine if i in host.pids}}
-            answer = await self.ssh.remote(host.spec, request, _GRACE + _LOGIN_TIMEOUT, _Answer())
+            answer = await self.ssh.remote(host.spec, request, _GRACE + _LOGIN_TIMEOUT, Answer())
             why = answer.failure(f"ssh {host.spec}", _GRACE + _LOGIN_TIMEOUT)
             if why is not None:
                 self._log().warning("could not stop engines %s on %s: %s", mine, host.spec, why)
@@ -483,7 +300,7 @@ class SSHEngineSet(EngineSet):
         """Send ``signum`` to a remote kernel (and what it runs) over ssh."""
         host = self._host_of(engine_id)
         request = {"op": "signal", "folder": host.folder, "pid": host.pids[engine_id], "signum": int(signum)}
-        answer = await self.ssh.remote(host.spec, request, _LOGIN_TIMEOUT, _Answer())
+        answer = await self.ssh.remote(host.spec, request, _LOGIN_TIMEOUT, Answer())
         why = answer.failure(f"ssh {host.spec}", _LOGIN_TIMEOUT)
         if why is not None:
             raise OSError(f"could not signal engine {engine_id} on {host.spec}: {why}")
@@ -595,7 +412,7 @@ class SSHLauncher(Launcher):
         placed = _place(self.hosts, len(ctx.engine_ids))
         ids = iter(ctx.engine_ids)
         hosts = [_Host(spec, [next(ids) for _ in range(k)]) for spec, k in placed.items()]
-        engine_set = SSHEngineSet(_Ssh(self.ssh, self.ssh_args, self.python), hosts, tunnel=self.tunnel,
+        engine_set = SSHEngineSet(Ssh(self.ssh, self.ssh_args, self.python), hosts, tunnel=self.tunnel,
                                   ctx=ctx, argv=_kernel_argv(ctx), bind_ip=self.ip)
         try:
             results = await asyncio.gather(*(engine_set.start_host(h, self.remote_dir) for h in hosts),
@@ -613,10 +430,10 @@ class SSHLauncher(Launcher):
     @classmethod
     def attach(cls, saved: dict, engines: dict) -> SSHEngineSet | None:
         try:
-            ssh = _Ssh(saved["ssh"], list(saved["ssh_args"]), saved["python"])
+            ssh = Ssh(saved["ssh"], list(saved["ssh_args"]), saved["python"])
             hosts = [_Host(spec, list(facts["engines"]), facts["remote_dir"],
                            {int(k): v for k, v in facts["remote_pids"].items()},
-                           _Session(pid=facts["ssh_pid"], folder=facts["remote_dir"]) if facts.get("ssh_pid")
+                           Session(pid=facts["ssh_pid"], folder=facts["remote_dir"]) if facts.get("ssh_pid")
                            else None)
                      for spec, facts in saved["hosts"].items()]
             engine_set = SSHEngineSet(ssh, hosts, tunnel=saved["tunnel"])
