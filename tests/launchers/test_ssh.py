@@ -52,8 +52,9 @@ def set_status(cluster):
 
 def listening(pid):
     """(ip, port) pairs process ``pid`` listens on."""
-    return {(c.laddr.ip, c.laddr.port) for c in psutil.Process(pid).net_connections(kind="tcp")
-            if c.status == psutil.CONN_LISTEN}
+    process = psutil.Process(pid)
+    connections = getattr(process, "net_connections", None) or process.connections  # psutil < 6
+    return {(c.laddr.ip, c.laddr.port) for c in connections(kind="tcp") if c.status == psutil.CONN_LISTEN}
 
 
 def remote_pids(status):
