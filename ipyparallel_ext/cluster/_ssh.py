@@ -365,8 +365,8 @@ class SSHLauncher(Launcher):
     ssh_args : list of str, or str
         Extra ssh options for every ssh run (e.g. ``["-i", key, "-o",
         "ProxyJump=gateway"]``); a string is split as a shell would.
-        ``-o BatchMode=yes`` is added (there is no terminal to type a
-        password in): use keys or an agent.
+        ``-o BatchMode=yes`` (there is no terminal to type a password in:
+        use keys or an agent) and ``-o ConnectTimeout=20`` follow them.
     python : str
         The remote Python that runs the kernels (default ``"python3"``; it
         needs ipykernel); the remote shell reads it, so ``~/venv/bin/python``

@@ -19,6 +19,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+_CONNECT_TIMEOUT = 20  # seconds ssh tries to reach a host (a host that is down: ssh says so, then)
 _SESSION_STOP_WAIT = 5.0  # seconds a session's ssh gets to exit after SIGTERM
 # The session's remote command: run the program that comes first on stdin, leaving the rest of it open.
 _KEEPER = "import sys; exec(sys.stdin.buffer.read(int(sys.stdin.buffer.readline())))"
@@ -97,7 +98,8 @@ class Ssh:
     def argv(self, spec: str, options=(), command=()) -> list:
         dest, _, port = parse_host(spec)
         # ssh keeps the first value of each -o option: the user's ssh_args win over our defaults.
-        return [*shlex.split(self.ssh), *self.ssh_args, "-o", "BatchMode=yes", *options,
+        return [*shlex.split(self.ssh), *self.ssh_args, "-o", "BatchMode=yes",
+                "-o", f"ConnectTimeout={_CONNECT_TIMEOUT}", *options,
                 *(["-p", port] if port else []), dest, *command]
 
     async def remote(self, spec: str, request: dict, timeout: float, answer: Answer) -> Answer:
