@@ -40,13 +40,12 @@ import socket
 import sys
 import time
 from dataclasses import dataclass, field
-from types import SimpleNamespace
 
 from jupyter_client.connect import write_connection_file
 
 from ..error import EngineStartError
 from ._launcher import EngineSet, LaunchContext, Launcher
-from ._local import _heartbeat_or_exit
+from ._local import heartbeat, heartbeat_address
 from ._ssh_run import Answer, Session, Ssh, parse_host
 
 _PORT_NAMES = ("shell_port", "iopub_port", "stdin_port", "control_port", "hb_port")
@@ -223,8 +222,13 @@ class SSHEngineSet(EngineSet):
             log = os.path.join(self.ctx.folder, f"ssh-{self.ctx.set_id}-{host.spec.replace('/', '_')}.log")
             host.session = self.ssh.session(host.spec, options, host.folder, log, _GRACE)
             process = host.session.process
-            if await self._await_heartbeats(host, forwards, process, deadline):
+            silent = await self._silent(host, forwards, process, deadline)
+            if not silent:
                 return forwards
+            if process.poll() is None:  # ssh runs; the kernels do not answer through it
+                where = ", ".join(f"{self._client_ip(host)}:{forwards[eid]['hb_port']}" for eid in silent)
+                raise EngineStartError(f"ssh {host.spec}: engines {silent} bound their ports but their"
+                                       f" heartbeats ({where}) did not answer in time")
             said = host.session.output()
             await host.session.stop()
             host.session = None
@@ -234,14 +238,14 @@ class SSHEngineSet(EngineSet):
                                        f" {said or 'no output'}")
         raise AssertionError("unreachable")
 
-    async def _await_heartbeats(self, host: _Host, forwards: dict, process, deadline: float) -> bool:
-        """True once every kernel of ``host`` echoes its heartbeat (False if ``process``, its ssh, exits)."""
-        probes = [SimpleNamespace(transport="tcp", ip=self._client_ip(host), hb_port=ports["hb_port"],
-                                  provisioner=SimpleNamespace(process=process))
-                  for ports in forwards.values()]
+    async def _silent(self, host: _Host, forwards: dict, process, deadline: float) -> list:
+        """The engines of ``host`` whose heartbeat did not answer by ``deadline`` (all, once ``process``, its ssh, exits)."""
         left = max(1.0, deadline - time.monotonic())
-        codes = await asyncio.gather(*(_heartbeat_or_exit(p, left) for p in probes))
-        return all(code is None for code in codes)
+        ids = list(forwards)
+        answered = await asyncio.gather(*(
+            heartbeat(heartbeat_address("tcp", self._client_ip(host), forwards[eid]["hb_port"]), left, process)
+            for eid in ids))
+        return [eid for eid, ok in zip(ids, answered) if not ok]
 
     # -- the EngineSet interface ---------------------------------------------------------
 
@@ -262,12 +266,12 @@ class SSHEngineSet(EngineSet):
         if why is not None:
             raise EngineStartError(f"engine {engine_id} did not restart: {why}")
         # Same connection file, same remote ports: the tunnel (if any) reaches the new kernel as it is.
-        hb = SimpleNamespace(transport="tcp", ip=self._client_ip(host),
-                             hb_port=_local_ports(self.engines[engine_id].connection_file)["hb_port"],
-                             provisioner=SimpleNamespace(process=getattr(host.session, "process", None)))
-        if await _heartbeat_or_exit(hb, ctx.timeout) is not None:
-            raise EngineStartError(f"engine {engine_id} restarted, but the ssh session to {host.spec} is gone:"
-                                   f" {host.session.output() or 'no output'}")
+        forwards = {engine_id: _local_ports(self.engines[engine_id].connection_file)}
+        process = getattr(host.session, "process", None)
+        if await self._silent(host, forwards, process, time.monotonic() + ctx.timeout):
+            why = (f"the ssh session to {host.spec} is gone: {host.session.output() or 'no output'}"
+                   if process is not None and process.poll() is not None else "its heartbeat did not answer in time")
+            raise EngineStartError(f"engine {engine_id} restarted, but {why}")
 
     async def stop(self, engine_ids) -> None:
         ids = set(engine_ids)

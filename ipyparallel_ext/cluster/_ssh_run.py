@@ -148,7 +148,7 @@ class Ssh:
             process.stdin.flush()
         except BrokenPipeError:  # ssh is gone already: its log says why
             pass
-        return Session(process, log=log, folder=folder)
+        return Session(process, log=log, folder=folder, grace=grace)
 
 
 class Session:
@@ -161,11 +161,19 @@ class Session:
     """
 
     def __init__(self, process=None, pid: int | None = None, log: str | None = None,
-                 folder: str | None = None):
+                 folder: str | None = None, grace: float = 0.0):
         self.process = process
         self.pid = process.pid if process is not None else pid
         self.log = log
         self.folder = folder
+        self.grace = grace  # what the remote watch may take to stop kernels still there
+
+    async def _wait(self, timeout: float) -> bool:
+        """True once the ssh has exited, False if it still runs after ``timeout`` seconds."""
+        deadline = time.monotonic() + timeout
+        while self.alive() and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
+        return not self.alive()
 
     def alive(self) -> bool:
         if self.process is not None:
@@ -181,12 +189,22 @@ class Session:
             return ""
 
     async def stop(self) -> None:
+        """End the session; ours returns once its remote watch has finished too.
+
+        Ending our ssh's stdin ends the remote watch (it stops what kernels
+        are left, removes the folder), then ssh itself: nothing of it is left
+        on the host when this returns.  Another process's session is sent
+        SIGTERM; its remote end then finishes on its own.
+        """
+        if self.process is not None and self.alive():
+            try:
+                self.process.stdin.close()
+            except OSError:
+                pass
+            await self._wait(_SESSION_STOP_WAIT + self.grace)
         if self.alive():
             os.kill(self.pid, signal.SIGTERM)
-            deadline = time.monotonic() + _SESSION_STOP_WAIT
-            while self.alive() and time.monotonic() < deadline:
-                await asyncio.sleep(0.02)
-            if self.alive():
+            if not await self._wait(_SESSION_STOP_WAIT):
                 os.kill(self.pid, signal.SIGKILL)
         if self.process is not None:
             await asyncio.to_thread(self.process.wait, _SESSION_STOP_WAIT)

@@ -61,12 +61,19 @@ def remote_pids(status):
     return [pid for facts in status["hosts"].values() for pid in facts["remote_pids"].values()]
 
 
+def naming(folder):
+    """Processes running now whose command line names ``folder`` (kernels, the remote watch)."""
+    return [p for p in psutil.process_iter(["cmdline", "status"])
+            if p.info["status"] != psutil.STATUS_ZOMBIE and folder in " ".join(p.info["cmdline"] or [])]
+
+
 def assert_nothing_left(sshd, status):
     """No kernel, remote folder or tunnel of the engine set ``status`` (saved while it ran) is left."""
     for pid in remote_pids(status):
         assert wait_until(lambda pid=pid: not alive(pid), timeout=10), f"remote kernel {pid} still runs"
     for host, facts in status["hosts"].items():
         assert facts["remote_dir"]
+        assert wait_until(lambda d=facts["remote_dir"]: not naming(d), timeout=10), naming(facts["remote_dir"])
         answer = sshd.run(host.rpartition("@")[2].split(":")[0], f"test -e {facts['remote_dir']} && echo left")
         assert answer.returncode in (0, 1) and "left" not in answer.stdout, answer
         assert wait_until(lambda t=facts["ssh_pid"]: not alive(t), timeout=10), "an ssh session is left"
@@ -174,6 +181,8 @@ def test_stop_leaves_no_kernel_no_tunnel_no_remote_folder(sshd, tmp_path):
         files = cluster.connection_files
     finally:
         cluster.stop_cluster_sync()
+    # Once stop returns: not even the sessions' remote ends are left.
+    assert not [p for facts in status["hosts"].values() for p in naming(facts["remote_dir"])]
     assert_nothing_left(sshd, status)
     assert not any(os.path.exists(f) for f in files)
 
@@ -307,7 +316,7 @@ def test_one_host_failing_stops_the_engines_the_other_one_started(sshd, tmp_path
             cluster.start_cluster_sync()
         # The engine on 127.0.0.2 had started: its folder is gone, so is it.
         assert os.listdir(remote) == []
-        assert not [p for p in psutil.process_iter(["cmdline"]) if str(remote) in " ".join(p.info["cmdline"] or [])]
+        assert not naming(str(remote))
     finally:
         cluster.stop_cluster_sync()
     assert _our_ssh_processes() <= before
