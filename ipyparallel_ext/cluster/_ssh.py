@@ -361,7 +361,8 @@ class SSHLauncher(Launcher):
     ----------
     hosts : dict or list
         ``{host: engine count}``, or a list of hosts (one engine per entry).
-        A host is ``host``, ``user@host``, ``host:port`` or ``user@host:port``.
+        A host is ``host``, ``user@host``, ``host:port`` or ``user@host:port``
+        (its port wins over a ``-p`` in ``ssh_args``).
         A Cluster with no ``n`` starts them all; fewer are spread over the
         hosts; more is an error.
     ssh : str

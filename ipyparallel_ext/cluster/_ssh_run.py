@@ -97,10 +97,10 @@ class Ssh:
 
     def argv(self, spec: str, options=(), command=()) -> list:
         dest, _, port = parse_host(spec)
-        # ssh keeps the first value of each -o option: the user's ssh_args win over our defaults.
-        return [*shlex.split(self.ssh), *self.ssh_args, "-o", "BatchMode=yes",
-                "-o", f"ConnectTimeout={_CONNECT_TIMEOUT}", *options,
-                *(["-p", port] if port else []), dest, *command]
+        # ssh keeps the first value it is given of each option: a host's own port wins over a -p in
+        # ssh_args, and the user's ssh_args win over our defaults.
+        return [*shlex.split(self.ssh), *(["-p", port] if port else []), *self.ssh_args, "-o", "BatchMode=yes",
+                "-o", f"ConnectTimeout={_CONNECT_TIMEOUT}", *options, dest, *command]
 
     async def remote(self, spec: str, request: dict, timeout: float, answer: Answer) -> Answer:
         """Run :mod:`._ssh_remote` on ``spec`` with ``request``, filling ``answer`` as lines come."""
