@@ -69,6 +69,7 @@ def _ours(pid, folder):
 
 
 def _log_tail(path, lines=8):
+    """The end of a kernel's log (the rule of :func:`._local.log_tail`, which this host may not have)."""
     try:
         with open(path, "rb") as f:
             f.seek(max(0, os.path.getsize(path) - 4096))
