@@ -303,7 +303,10 @@ class Cluster:
 
     @_on_cluster_loop
     async def start_engines(self, n=None, engine_set_id=None, **kwargs):
-        """Start ``n`` more engines (default ``self.n``, else the launcher's, else the number of CPUs); grow a running cluster.
+        """Start ``n`` more engines; grow a running cluster.
+
+        ``n`` defaults to ``self.n``, else what the launcher's options say
+        (:meth:`Launcher.default_n`: every ssh host slot), else the number of CPUs.
 
         New engines get the next ids and join every client of this cluster.
         ``kwargs`` are ipyparallel's per-call launcher options, which no

@@ -125,10 +125,11 @@ class SSHEngine:
     provisioner = None
     pid = None  # the kernel's process is not on this machine
 
-    def __init__(self, engine_set: SSHEngineSet, engine_id: int, connection_file: str):
+    def __init__(self, engine_set: SSHEngineSet, engine_id: int, connection_file: str, host: str):
         self.engine_set = engine_set
         self.engine_id = engine_id
         self.connection_file = connection_file
+        self.host = host  # where it runs, for cluster files
 
     async def signal_kernel(self, signum) -> None:
         await self.engine_set.signal(self.engine_id, signum)
@@ -201,7 +202,7 @@ class SSHEngineSet(EngineSet):
             write_connection_file(path, ip=self._client_ip(host), key=info["key"].encode(),
                                   transport="tcp", signature_scheme=info["signature_scheme"],
                                   kernel_name=ctx.kernel_name, **forwards[eid])
-            self.engines[eid] = SSHEngine(self, eid, path)
+            self.engines[eid] = SSHEngine(self, eid, path, parse_host(host.spec)[1])
 
     async def _open_session(self, host: _Host, ready: dict, deadline: float) -> dict:
         """Start the host's ssh session (with the tunnel); ``{engine id: {port name: port clients use}}``.
@@ -239,7 +240,10 @@ class SSHEngineSet(EngineSet):
         raise AssertionError("unreachable")
 
     async def _silent(self, host: _Host, forwards: dict, process, deadline: float) -> list:
-        """The engines of ``host`` whose heartbeat did not answer by ``deadline`` (all, once ``process``, its ssh, exits)."""
+        """The engines of ``host`` whose heartbeat did not answer by ``deadline``.
+
+        All of them once ``process`` (the host's ssh) exits.
+        """
         left = max(1.0, deadline - time.monotonic())
         ids = list(forwards)
         answered = await asyncio.gather(*(
@@ -269,8 +273,9 @@ class SSHEngineSet(EngineSet):
         forwards = {engine_id: _local_ports(self.engines[engine_id].connection_file)}
         process = getattr(host.session, "process", None)
         if await self._silent(host, forwards, process, time.monotonic() + ctx.timeout):
-            why = (f"the ssh session to {host.spec} is gone: {host.session.output() or 'no output'}"
-                   if process is not None and process.poll() is not None else "its heartbeat did not answer in time")
+            gone = process is not None and process.poll() is not None
+            why = (f"the ssh session to {host.spec} is gone: {host.session.output() or 'no output'}" if gone
+                   else "its heartbeat did not answer in time")
             raise EngineStartError(f"engine {engine_id} restarted, but {why}")
 
     async def stop(self, engine_ids) -> None:

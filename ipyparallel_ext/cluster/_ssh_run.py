@@ -78,7 +78,8 @@ class Answer:
         if self.errors:
             return "; ".join(f"{what}: engine {eid}: {why}" for eid, why in sorted(self.errors.items()))
         if self.timed_out:
-            return f"{what} took longer than {timeout:g} s" + (f": {clean_stderr(self.stderr)}" if self.stderr else "")
+            said = clean_stderr(self.stderr)
+            return f"{what} took longer than {timeout:g} s" + (f": {said}" if said else "")
         if not self.done:
             return f"{what} failed (exit code {self.returncode}): {clean_stderr(self.stderr) or 'no output'}"
         return None

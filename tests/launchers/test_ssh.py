@@ -194,6 +194,8 @@ def test_another_process_stops_the_set_from_the_saved_facts(sshd, tmp_path):
         cluster.start_cluster_sync()
         status = set_status(cluster)
         saved.write_text(json.dumps(cluster.to_dict()))
+        (engines,) = cluster.to_dict()["engines"]["sets"].values()
+        assert {e["host"] for e in engines.values()} == set(HOSTS)
         code = ("import json, sys, ipyparallel_ext as ipp\n"
                 "c = ipp.Cluster.from_dict(json.load(open(sys.argv[1])))\n"
                 "print(sorted(c.engines))\nc.stop_cluster_sync()\n")
