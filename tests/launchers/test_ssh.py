@@ -259,6 +259,25 @@ def test_engines_end_with_the_python_that_started_them(sshd, tmp_path):
     assert_nothing_left(sshd, status)
 
 
+def test_a_lost_ssh_session_shows_in_the_status_and_ends_its_kernels(sshd):
+    cluster = ssh_cluster(sshd, {HOSTS[0]: 1, HOSTS[1]: 1})
+    try:
+        rc = cluster.start_and_connect_sync()
+        status = set_status(cluster)
+        lost = status["hosts"][HOSTS[1]]
+        os.kill(lost["ssh_pid"], signal.SIGKILL)  # as a network that drops the connection would end it
+        assert wait_until(lambda: set_status(cluster)["state"] == "ssh session lost", timeout=10)
+        (eid,) = lost["engines"]
+        assert cluster.to_dict()["engines"]["sets"][next(iter(cluster.engine_sets))][str(eid)]["state"] == "dead"
+        # The host's end saw its session go: it stopped the kernel there, which its clients then see.
+        assert wait_until(lambda: not alive(lost["remote_pids"][str(eid)]), timeout=15)
+        (kept,) = status["hosts"][HOSTS[0]]["engines"]
+        assert rc[kept].apply_sync(lambda: "other host fine") == "other host fine"
+    finally:
+        cluster.stop_cluster_sync()
+    assert_nothing_left(sshd, status)
+
+
 def test_without_tunnels_kernels_listen_on_the_hosts_address(sshd):
     # Any kernelspec: its argv runs with the remote Python.
     cluster = ssh_cluster(sshd, {HOSTS[0]: 1, HOSTS[1]: 1}, kernel_name="python3", tunnel=False)
