@@ -15,8 +15,9 @@ from ._launcher import LaunchContext as LaunchContext
 from ._launcher import Launcher as Launcher
 from ._local import LocalLauncher as LocalLauncher
 from ._manager import ClusterManager as ClusterManager
+from ._mpi import MPILauncher as MPILauncher
 from ._slurm import SlurmLauncher as SlurmLauncher
 from ._ssh import SSHLauncher as SSHLauncher
 
-__all__ = ["Cluster", "ClusterManager", "EngineSet", "LaunchContext", "Launcher", "LocalLauncher", "SlurmLauncher",
-           "SSHLauncher"]
+__all__ = ["Cluster", "ClusterManager", "EngineSet", "LaunchContext", "Launcher", "LocalLauncher", "MPILauncher",
+           "SlurmLauncher", "SSHLauncher"]
