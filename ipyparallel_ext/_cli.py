@@ -13,7 +13,11 @@ installs the project's kernel specs (see ``kernelspec/`` in the repository):
   the ``%px`` magics at start.
 
 ``ipyparallel-ext cluster start | stop | list | scale | add | logs`` manage clusters
-that outlive the process that started them (see :func:`_cluster_run`); they
+that outlive the process that started them (see :func:`_cluster_run`);
+``cluster start --engines mpi --launcher-option mpi_args='["-hosts", "a,b"]'``
+picks the launcher and its options (as ``Cluster(engines=, launcher_options=)``),
+and ``cluster list`` shows each engine set's state when it is not plainly
+running (a Slurm job pending, with its reason).  They
 exit 0 on success and 1 with a message on stderr when they cannot do it
 (no such cluster, none running, an engine that would not start), 2 on a
 usage error.
@@ -126,6 +130,12 @@ def _cluster_arguments(parser: argparse.ArgumentParser) -> None:
     start.add_argument("--restart-engines", action="store_true", help="restart engines that die")
     start.add_argument("--engine-timeout", type=float, default=60.0,
                        help="seconds an engine may take to start (default 60)")
+    start.add_argument("--engines", default=None, metavar="LAUNCHER",
+                       help="where engines run: local (default), mpi, slurm, ssh")
+    start.add_argument("--launcher-option", action="append", type=_launcher_option, default=[],
+                       metavar="KEY=VALUE", dest="launcher_options",
+                       help="an option of the launcher, VALUE read as JSON if it is JSON, else as a string"
+                            " (repeat for more), e.g. --launcher-option mpi_args='[\"-hosts\", \"a,b\"]'")
     stop = actions.add_parser("stop", help="stop a cluster's engines and its supervisor")
     which = stop.add_mutually_exclusive_group()
     which.add_argument("--cluster-id", help="the cluster to stop (default: the one running)")
@@ -143,29 +153,52 @@ def _cluster_arguments(parser: argparse.ArgumentParser) -> None:
     logs.add_argument("--lines", type=int, default=20, help="lines of each log (default 20)")
 
 
+def _launcher_option(text: str) -> tuple:
+    """``KEY=VALUE`` -> (key, value): VALUE as JSON when it parses (numbers, lists, objects), else the string."""
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected KEY=VALUE, e.g. mpiexec=/usr/bin/mpiexec")
+    try:
+        return key, json.loads(value)
+    except ValueError:
+        return key, value
+
+
+def _options(pairs) -> dict:
+    options = {}
+    for key, value in pairs:
+        if key in options:
+            raise ValueError(f"--launcher-option {key} is given twice")
+        options[key] = value
+    return options
+
+
 def _cluster_run(args) -> int:
     from .cluster._supervisor import ControlError
     from .error import EngineStartError
 
     try:
         return _CLUSTER_ACTIONS[args.action](args)
-    except (FileNotFoundError, ValueError, ControlError, EngineStartError) as exc:
+    except (FileNotFoundError, ValueError, TypeError, NotImplementedError, ControlError, EngineStartError) as exc:
         print(f"ipyparallel-ext cluster {args.action}: {exc}", file=sys.stderr)
         return 1
 
 
 def _cluster_start(args) -> int:
     from .cluster import _files
+    from .cluster._launcher import make_launcher
     from .cluster._supervisor import supervise
 
     cluster_id = args.cluster_id or uuid.uuid4().hex[:8]
+    options = _options(args.launcher_options)
+    make_launcher(args.engines, options)  # a bad launcher name or option fails here, not in the daemon
     if not args.daemonize:
         def ready(cluster):
             print(f"cluster {cluster_id} started: {len(cluster.engines)} engines (pid {os.getpid()});"
                   f" Ctrl-C stops it", flush=True)
 
         return supervise(args.n, cluster_id, args.kernel, args.restart_engines, args.engine_timeout,
-                         on_ready=ready)
+                         on_ready=ready, engines=args.engines, launcher_options=options)
     if cluster_id in _files.running_cluster_files():
         raise ValueError(f"a cluster with id {cluster_id!r} is already running")
     argv = [sys.executable, "-m", "ipyparallel_ext.cluster._supervisor", "--cluster-id", cluster_id,
@@ -173,6 +206,9 @@ def _cluster_start(args) -> int:
     argv += [] if args.n is None else ["-n", str(args.n)]
     argv += [] if args.kernel is None else ["--kernel", args.kernel]
     argv += ["--restart-engines"] if args.restart_engines else []
+    argv += [] if args.engines is None else ["--engines", args.engines]
+    for key, value in options.items():
+        argv += ["--launcher-option", f"{key}={json.dumps(value)}"]
     log_path = _files.log_file_path(cluster_id)
     log_fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
     with open(log_fd, "ab") as log, open(os.devnull, "rb") as devnull:
@@ -228,7 +264,15 @@ def _summary(cluster_id, data) -> dict:
     return {"cluster_id": cluster_id, "engines_alive": alive, "engines": len(engines),
             "launcher": data["engines"]["class"], "kernel_name": data["cluster"]["kernel_name"],
             "supervisor_pid": supervisor["pid"], "host": supervisor["host"],
-            "uptime": round(time.time() - supervisor["start_time"], 1)}
+            "uptime": round(time.time() - supervisor["start_time"], 1),
+            "engine_sets": data["engines"].get("launchers", {})}
+
+
+def _set_states(row) -> str:
+    """What ``cluster list`` says of a cluster's engine sets: only those not plainly "running"."""
+    notes = [f"{set_id}: {status.get('state')}" for set_id, status in row["engine_sets"].items()
+             if status.get("state", "running") != "running"]
+    return "; ".join(notes) or "running"
 
 
 def _uptime(seconds: float) -> str:
@@ -244,10 +288,10 @@ def _cluster_list(args) -> int:
     if args.json:
         print(json.dumps({row["cluster_id"]: row for row in rows}, indent=1))
         return 0
-    print(f"{'CLUSTER':<16} {'ENGINES':>8}  {'LAUNCHER':<8} {'UPTIME':>9}  PID")
+    print(f"{'CLUSTER':<16} {'ENGINES':>8}  {'LAUNCHER':<8} {'UPTIME':>9}  {'PID':<8} STATE")
     for row in rows:
         print(f"{row['cluster_id']:<16} {row['engines_alive']:>3}/{row['engines']:<4}  {row['launcher']:<8}"
-              f" {_uptime(row['uptime']):>9}  {row['supervisor_pid']}")
+              f" {_uptime(row['uptime']):>9}  {row['supervisor_pid']:<8} {_set_states(row)}")
     return 0
 
 

@@ -81,7 +81,7 @@ _SHUTDOWN_REPLY = 5.0  # seconds a kernel gets to answer a shutdown request
 _EXIT_GRACE = 10.0  # seconds mpiexec gets to exit by itself once every rank was asked to shut down
 _TERM_GRACE = 5.0  # seconds mpiexec gets to end its ranks after SIGTERM, before SIGKILL
 _DEATH_SETTLE = 2.0  # seconds after a rank vanished in which mpiexec's exit status is awaited
-_SHM_LOOK = 2.0  # seconds between looks at the shared-memory files the ranks map
+_SHM_LOOK = 0.5  # seconds between looks at the shared-memory files the ranks map (cheap: /proc/<pid>/maps)
 # Shared-memory files MPI implementations leave in /dev/shm when their ranks are killed.
 _SHM_PREFIXES = ("mpich_shm_", "vader_segment.", "sm_segment.")
 

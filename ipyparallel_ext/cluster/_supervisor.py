@@ -27,6 +27,7 @@ from . import _files
 from ._cluster import Cluster
 
 _POLL = 0.2  # seconds between looks at the control socket, stop flag and engine states
+_SET_STATUS_POLL = 1.0  # seconds between asking launchers for their sets' status (Slurm asks squeue)
 
 log = logging.getLogger("ipyparallel_ext.supervisor")
 
@@ -110,11 +111,17 @@ class Supervisor:
             if self._on_ready is not None:
                 self._on_ready(self.cluster)
             states = self._states()
+            set_status, asked = self.cluster.engine_set_status(), time.monotonic()
             while not self.stopping:
                 if self._sock.poll(_POLL * 1000):
                     self._serve_one()
                 now = self._states()
-                if now != states:  # an engine died (or came back): tell attached clients
+                changed = now != states  # an engine died (or came back): tell attached clients
+                if time.monotonic() - asked >= _SET_STATUS_POLL:
+                    # A set's state (a Slurm job pending, mpiexec gone) shows in `cluster list`.
+                    asked, before, set_status = time.monotonic(), set_status, self.cluster.engine_set_status()
+                    changed = changed or set_status != before
+                if changed:
                     states = now
                     self.cluster.update_cluster_file()
         finally:
@@ -176,10 +183,12 @@ class Supervisor:
 
 
 def supervise(n=None, cluster_id=None, kernel_name=None, restart_engines=False, engine_timeout=60,
-              on_ready=None) -> int:
+              on_ready=None, engines=None, launcher_options=None) -> int:
     """Run a supervised cluster in this process until it is stopped (``cluster start``'s body).
 
-    ``on_ready(cluster)`` is called once its engines run.
+    ``on_ready(cluster)`` is called once its engines run; ``engines`` and
+    ``launcher_options`` are :class:`Cluster`'s (``--engines``,
+    ``--launcher-option``).
 
     Raises
     ------
@@ -191,7 +200,7 @@ def supervise(n=None, cluster_id=None, kernel_name=None, restart_engines=False, 
         raise ValueError(f"a cluster with id {cluster_id!r} is already running (stop it first:"
                          f" `ipyparallel-ext cluster stop --cluster-id {cluster_id}`)")
     cluster = Cluster(n, kernel_name, cluster_id=cluster_id, auto_restart=restart_engines,
-                      engine_timeout=engine_timeout)
+                      engine_timeout=engine_timeout, engines=engines, launcher_options=launcher_options)
     cluster.cluster_file = _files.cluster_file_path(cluster.cluster_id)
     return Supervisor(cluster, on_ready).run()
 
