@@ -320,7 +320,7 @@ class _RankProbe(ProcessProbe):
 
     def log_tail(self, lines: int = 5) -> str:
         own = super().log_tail(lines)
-        mpiexec = log_tail(self.mpiexec_log, lines)
+        mpiexec = log_tail(self.mpiexec_log, 2 * lines)  # MPI's account of a death is a few lines long
         return "\n".join(t for t in (own, mpiexec and f"mpiexec ({self.mpiexec_log}):\n{mpiexec}") if t)
 
 
@@ -385,7 +385,7 @@ class MPIEngineSet(EngineSet):
 
     def to_dict(self) -> dict:
         return {**self.status(), "mpiexec_start": self.mpiexec.started, "folder": self.folder,
-                "set_id": self.set_id}
+                "set_id": self.set_id, "shared_memory": sorted(self._shm)}
 
     def note_shared_memory(self) -> None:
         """Remember the MPI shared-memory files our local ranks map (looked at every few seconds)."""
@@ -583,8 +583,10 @@ class MPILauncher(Launcher):
         if not saved.get("mpiexec_pid") or saved.get("host") != socket.gethostname():
             return None
         mpiexec = _Mpiexec(saved["mpiexec_pid"], started=saved.get("mpiexec_start"))
-        return MPIEngineSet(dict(engines), mpiexec, saved["folder"], saved["set_id"], saved.get("mpi", "unknown"),
-                            saved.get("ranks", len(engines)), saved.get("host"))
+        engine_set = MPIEngineSet(dict(engines), mpiexec, saved["folder"], saved["set_id"],
+                                  saved.get("mpi", "unknown"), saved.get("ranks", len(engines)), saved.get("host"))
+        engine_set._shm.update(p for p in saved.get("shared_memory", ()) if p.startswith("/dev/shm/"))
+        return engine_set
 
 
 def _kernel_argv(spec, connection_file: str) -> list:
