@@ -344,6 +344,7 @@ class MPIEngineSet(EngineSet):
         self._shm_looked = 0.0
         self._descendants: dict = {}  # pid -> start time of what mpiexec started (its proxy, the ranks)
         self._stopped = False
+        self._all_asked = True  # every rank stopped so far was a kernel that could be asked to shut down
 
     async def restart(self, engine_id: int) -> None:
         raise NotImplementedError(
@@ -461,8 +462,11 @@ class MPIEngineSet(EngineSet):
         self.note_shared_memory()
         if not self._descendants and self.mpiexec.alive():
             self._descendants = _descendants(self.mpiexec.pid)
-        await asyncio.gather(*(request_shutdown(h.connection_file) for h in handles
-                               if h.pid is None or pid_alive(h.pid)), return_exceptions=True)
+        running = [h for h in handles if (pid_alive(h.pid) if h.pid is not None else self.mpiexec.alive())]
+        ready = [h for h in running if _ports_written(h.connection_file)]
+        # A rank that is not a listening kernel yet (a failed start) cannot be asked: mpiexec gets no grace.
+        self._all_asked = self._all_asked and len(ready) == len(running)
+        await asyncio.gather(*(request_shutdown(h.connection_file) for h in ready), return_exceptions=True)
         for handle in handles:
             with contextlib.suppress(FileNotFoundError):
                 os.remove(handle.connection_file)
@@ -471,7 +475,7 @@ class MPIEngineSet(EngineSet):
             await self._end()
 
     async def _end(self) -> None:
-        if not await self._exits_within(_EXIT_GRACE):
+        if not await self._exits_within(_EXIT_GRACE if self._all_asked else 0.0):
             self.mpiexec.signal(signal.SIGTERM)  # Hydra and prterun end their ranks on SIGTERM
             if not await self._exits_within(_TERM_GRACE):
                 self.mpiexec.signal(signal.SIGKILL)

@@ -8,8 +8,10 @@ kernels) and no file of ours.
 """
 
 import glob
+import json
 import os
 import signal
+import subprocess
 import sys
 from pathlib import Path
 
@@ -175,6 +177,24 @@ def test_stop_leaves_no_process_and_no_file():
     assert not [path for path in shm if os.path.exists(path)]
 
 
+def test_stopping_part_of_a_set_keeps_the_rest_until_the_set_stops():
+    cluster = ipp.Cluster(n=3, engines="mpi")
+    try:
+        rc = cluster.start_and_connect_sync()
+        rc[:].apply_sync(world)  # MPI initialised on every rank: a stopped one waits in MPI_Finalize
+        (status,) = cluster.engine_set_status().values()
+        processes = tree(status["mpiexec_pid"])
+        folder = cluster._folder
+        cluster.stop_engines_sync([2])
+        assert wait_until(lambda: rc.ids == [0, 1], GONE)
+        assert rc[:].apply_sync(os.getpid) == [cluster.engines[0].pid, cluster.engines[1].pid]
+        (status,) = cluster.engine_set_status().values()
+        assert status["state"] == "running" and status["engines"] == 2 and status["ranks"] == 3
+    finally:
+        cluster.stop_cluster_sync()
+    assert_nothing_left(folder, processes)
+
+
 def test_missing_mpiexec_is_a_clear_error_and_starts_nothing():
     before = {p.pid for p in psutil.Process().children(recursive=True)}
     cluster = ipp.Cluster(n=2, engines="mpi", launcher_options={"mpiexec": "/nonexistent/mpiexec"})
@@ -194,6 +214,47 @@ def test_mpiexec_that_exits_early_shows_its_output():
     folder = cluster._folder
     cluster.stop_cluster_sync()
     assert not processes_of(folder)
+
+
+def test_ranks_that_never_answer_time_out_and_are_stopped(tmp_path, monkeypatch):
+    # A kernelspec whose "kernel" never listens: the ranks run it (kernel_name= is honoured) and the
+    # start gives up at engine_timeout, stopping mpiexec and the ranks.
+    spec = tmp_path / "kernels" / "never-listens"
+    spec.mkdir(parents=True)
+    (spec / "kernel.json").write_text(json.dumps({
+        "argv": [sys.executable, "-c", "import time; time.sleep(600)", "{connection_file}"],
+        "display_name": "never listens", "language": "python"}))
+    monkeypatch.setenv("JUPYTER_PATH", str(tmp_path))
+    cluster = ipp.Cluster(n=2, engines="mpi", kernel_name="never-listens", engine_timeout=3)
+    with pytest.raises(EngineStartError, match=r"(?s)MPI ranks of engines \[0, 1\] did not start within 3 s"
+                                               r".*mpiexec \(pid \d+\) was running"):
+        cluster.start_cluster_sync()
+    folder = cluster._folder
+    assert wait_until(lambda: not processes_of(folder), GONE), processes_of(folder)
+    cluster.stop_cluster_sync()
+
+
+def test_another_process_stops_the_set_through_the_cluster_file(tmp_path):
+    path = tmp_path / "cluster.json"
+    cluster = ipp.Cluster(n=2, engines="mpi", cluster_file=path)
+    try:
+        cluster.start_cluster_sync()
+        (status,) = cluster.engine_set_status().values()
+        processes = tree(status["mpiexec_pid"])
+        folder = cluster._folder
+        code = (f"import ipyparallel_ext as ipp; c = ipp.Cluster.from_file({str(path)!r});"
+                f" print(sorted(c.engines), list(c.engine_set_status().values())[0]['mpiexec_pid']);"
+                f" c.stop_cluster_sync()")
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+        assert out.returncode == 0, out.stderr
+        assert out.stdout.split() == ["[0,", "1]", str(status["mpiexec_pid"])]
+        assert wait_until(lambda: not any(alive(p.pid) for p in processes[1:]), GONE)  # all below mpiexec
+        # Its mpiexec exited: this process, its parent, sees the set's true state.
+        assert wait_until(lambda: all(st["state"] == "exited (status 0)"
+                                      for st in cluster.engine_set_status().values()), GONE)
+    finally:
+        cluster.stop_cluster_sync()
+    assert_nothing_left(folder, processes)
 
 
 def test_launcher_options_are_checked():
