@@ -251,3 +251,14 @@ def test_clusters(notebook):
     assert "the second client reads: ['pushed by the first client'," in stream(cells["second-client"])
     assert "after shrinking: [0, 1]" in stream(cells["stop"])
     assert "notebook-demo" not in stream(cells["list-after"])
+
+
+def test_mpi(notebook):
+    cells = notebook("mpi.ipynb")
+    assert "engines: [0, 1, 2, 3]" in stream(cells["start"]) and "4 ranks of mpiexec" in stream(cells["start"])
+    assert sorted(shown(cells["world"])) == [f"[stdout:{k}] rank {k} of 4\n" for k in range(4)]
+    assert sorted(re.sub(r"Out\[(\d):\d+\]", r"Out[\1:n]", t) for t in shown(cells["sum"])) == [
+        f"Out[{k}:n]: 500000500000" for k in range(4)]
+    assert "all equal: True" in stream(cells["sum-check"])
+    assert re.search(r"pi ≈ 3\.1\d{3} from 800,000 darts on 4 ranks", stream(cells["pi"]))
+    assert "stopped: True" in stream(cells["stop"])
