@@ -78,7 +78,10 @@ os.execvp(argv[0], argv)
 """
 _POLL = 0.05  # seconds between looks at connection files and processes
 _SHUTDOWN_REPLY = 5.0  # seconds a kernel gets to answer a shutdown request
-_EXIT_GRACE = 10.0  # seconds mpiexec gets to exit by itself once every rank was asked to shut down
+# Seconds mpiexec gets to exit by itself once every rank was asked to shut down: jupyter_client's
+# shutdown_wait_time, for the same reason (a kernel that answered the request yet hangs on its way
+# out: seen here now and then in ipykernel 7, joining its control thread).
+_EXIT_GRACE = 5.0
 _TERM_GRACE = 5.0  # seconds mpiexec gets to end its ranks after SIGTERM, before SIGKILL
 _DEATH_SETTLE = 2.0  # seconds after a rank vanished in which mpiexec's exit status is awaited
 _SHM_LOOK = 0.5  # seconds between looks at the shared-memory files the ranks map (cheap: /proc/<pid>/maps)
@@ -280,6 +283,20 @@ class _Mpiexec:
                 os.kill(self.pid, signum)
 
 
+class _Rank(AttachedEngine):
+    """A rank's kernel, as the cluster handles it: signalled by pid where it runs on this machine."""
+
+    async def signal_kernel(self, signum) -> None:
+        if self.pid is None:
+            raise NotImplementedError(f"engine {self.engine_id} is an MPI rank on another host: it cannot"
+                                      f" be signalled from here")
+        await super().signal_kernel(signum)
+
+    async def restart_kernel(self, now=False, **kw) -> None:
+        raise NotImplementedError(f"MPI engine {self.engine_id} cannot be restarted on its own (see"
+                                  f" MPIEngineSet.restart)")
+
+
 class _RankExit:
     """``poll()`` for one rank, for its probe: None while its kernel runs, then the best exit status known.
 
@@ -479,13 +496,12 @@ class MPIEngineSet(EngineSet):
             self.mpiexec.signal(signal.SIGTERM)  # Hydra and prterun end their ranks on SIGTERM
             if not await self._exits_within(_TERM_GRACE):
                 self.mpiexec.signal(signal.SIGKILL)
+                await self._exits_within(_TERM_GRACE)  # reaps it (no thread: this may run at exit)
         # Whatever mpiexec started and left (a proxy, a rank stuck in MPI_Finalize) goes too.
         left = [pid for pid, started in self._descendants.items() if _same_process(pid, started)]
         for pid in left:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
-        if self.mpiexec.popen is not None:
-            await asyncio.to_thread(self.mpiexec.popen.wait, _TERM_GRACE)
         for path in self._shm:
             with contextlib.suppress(OSError):
                 os.remove(path)
@@ -557,7 +573,7 @@ class MPILauncher(Launcher):
         try:
             for path in files.values():
                 _write_connection_file(path, ctx.ip)
-            engines = {eid: AttachedEngine(eid, path, None) for eid, path in files.items()}
+            engines = {eid: _Rank(eid, path, None) for eid, path in files.items()}
             engine_set = MPIEngineSet(engines, _Mpiexec(0), ctx.folder, ctx.set_id, flavour, len(files))
             plan = [[_kernel_argv(spec, path), engine_set.log_path(eid)] for eid, path in files.items()]
             with open(os.open(engine_set.plan_path(), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w") as f:
