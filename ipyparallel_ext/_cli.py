@@ -325,6 +325,9 @@ def _cluster_logs(args) -> int:
         folder = data["cluster"]["folder"]
         for members in data["engines"]["sets"].values():
             logs += [(f"engine {eid}", os.path.join(folder, f"engine-{eid}.log")) for eid in members]
+        # A launcher's own log (mpiexec's output), where its set names one.
+        logs += [(f"engine set {set_id} ({saved.get('launcher')})", saved["log"])
+                 for set_id, saved in data["engines"].get("launchers", {}).items() if saved.get("log")]
         for name, path in logs:
             if os.path.exists(path):  # a foreground supervisor logs to its terminal, not a file
                 print(f"==> cluster {cluster_id}, {name} ({path}) <==")

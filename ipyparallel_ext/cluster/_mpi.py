@@ -403,7 +403,7 @@ class MPIEngineSet(EngineSet):
 
     def to_dict(self) -> dict:
         return {**self.status(), "mpiexec_start": self.mpiexec.started, "folder": self.folder,
-                "set_id": self.set_id, "shared_memory": sorted(self._shm)}
+                "set_id": self.set_id, "shared_memory": sorted(self._shm), "log": self.mpiexec_log}
 
     def note_shared_memory(self) -> None:
         """Remember the MPI shared-memory files our local ranks map (looked at every few seconds)."""

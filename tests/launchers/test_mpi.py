@@ -206,6 +206,17 @@ def test_missing_mpiexec_is_a_clear_error_and_starts_nothing():
     cluster.stop_cluster_sync()
 
 
+def test_no_mpiexec_anywhere_says_how_to_get_one(tmp_path, monkeypatch):
+    monkeypatch.setattr(sys, "executable", str(tmp_path / "python"))  # no mpiexec beside it
+    monkeypatch.setenv("PATH", str(tmp_path))  # nor on PATH
+    cluster = ipp.Cluster(n=2, engines="mpi")
+    with pytest.raises(EngineStartError, match=r"no mpiexec: neither .*/mpiexec nor one on PATH.*pip install"
+                                               r" mpich mpi4py.*launcher_options"):
+        cluster.start_cluster_sync()
+    assert cluster.engines == {}
+    cluster.stop_cluster_sync()
+
+
 def test_mpiexec_that_exits_early_shows_its_output():
     cluster = ipp.Cluster(n=2, engines="mpi", launcher_options={"mpi_args": ["--no-such-option"]})
     with pytest.raises(EngineStartError, match=r"(?s)mpiexec exited before the engines started.*"
@@ -303,6 +314,23 @@ def test_killed_supervisor_takes_its_mpi_job_along(cli):
     # mpiexec gets SIGTERM when the supervisor goes (PR_SET_PDEATHSIG) and ends its ranks.
     assert wait_until(lambda: not any(alive(p.pid) for p in processes), GONE), processes
     assert json.loads(cli("list", "--json").stdout) == {}
+
+
+def test_cli_list_and_logs_tell_of_a_dead_mpi_set(cli):
+    cluster_id = cli.new_id()
+    cli("start", "--engines", "mpi", "-n", "2", "--daemonize", "--cluster-id", cluster_id)
+    data = _files.read_cluster_file(_files.cluster_file_path(cluster_id))
+    (set_id, saved), = data["engines"]["launchers"].items()
+    os.kill(int(data["engines"]["sets"][set_id]["0"]["pid"]), signal.SIGKILL)
+
+    def row():
+        return next(line for line in cli("list").stdout.splitlines() if line.startswith(cluster_id))
+
+    # The supervisor sees the set's state change (mpiexec exits after ending rank 1) and rewrites the file.
+    assert wait_until(lambda: row().rstrip().endswith(f"{set_id}: exited (status 9)"), GONE), row()
+    assert "0/2" in row()
+    logs = cli("logs", "--cluster-id", cluster_id).stdout
+    assert f"engine set {set_id} (mpi)" in logs and "BAD TERMINATION" in logs
 
 
 def test_cli_bad_launcher_option_is_refused_before_anything_starts(cli):
