@@ -63,19 +63,27 @@ from ._launcher import EngineSet, LaunchContext, Launcher
 from ._local import AttachedEngine, ProcessProbe, heartbeat, heartbeat_address, log_tail
 
 _RANK_VARIABLES = ("PMI_RANK", "OMPI_COMM_WORLD_RANK", "PMIX_RANK")
-# Each rank: find its rank, send its output to its log, become its kernel.
+# Each rank: find its rank, send its output to its log, note its host and pid in its connection
+# file (ipykernel keeps keys it does not know when it adds its ports), become its kernel.
 _BOOTSTRAP = f"""\
-import json, os, sys
+import json, os, socket, sys
 rank = next((os.environ[v] for v in {_RANK_VARIABLES!r} if v in os.environ), None)
 if rank is None:
     sys.exit("ipyparallel_ext: no MPI rank in the environment ({', '.join(_RANK_VARIABLES)}): not started by mpiexec?")
 with open(sys.argv[1]) as f:
-    argv, log = json.load(f)[int(rank)]
+    argv, log, path = json.load(f)[int(rank)]
 fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
 os.dup2(fd, 1)
 os.dup2(fd, 2)
+with open(path) as f:
+    info = json.load(f)
+info["ipyparallel_ext"] = dict(host=socket.gethostname(), pid=os.getpid())
+with os.fdopen(os.open(path + ".tmp", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w") as f:
+    json.dump(info, f)
+os.replace(path + ".tmp", path)
 os.execvp(argv[0], argv)
 """
+_WILDCARDS = ("*", "0.0.0.0")  # Cluster(ip=) values that mean "listen on every interface"
 _POLL = 0.05  # seconds between looks at connection files and processes
 _SHUTDOWN_REPLY = 5.0  # seconds a kernel gets to answer a shutdown request
 # Seconds mpiexec gets to exit by itself once every rank was asked to shut down: jupyter_client's
@@ -183,14 +191,6 @@ def _descendants(root: int) -> dict:
     return found
 
 
-def _cmdline(pid: int) -> list:
-    try:
-        with open(f"/proc/{pid}/cmdline", "rb") as f:
-            return f.read().decode(errors="replace").split("\0")
-    except OSError:
-        return []
-
-
 def _same_process(pid: int, started: int) -> bool:
     """True if ``pid`` is still the process that started at ``started`` (not a reused pid)."""
     return _start_time(pid) == started
@@ -239,12 +239,16 @@ async def request_shutdown(connection_file: str, timeout: float = _SHUTDOWN_REPL
 
 def _write_connection_file(path: str, ip: str) -> None:
     """A connection file with our random key and ports 0: the kernel binds free ports and fills them in."""
-    info = {"ip": ip, "transport": "tcp", "key": secrets.token_hex(32), "signature_scheme": "hmac-sha256",
-            "shell_port": 0, "iopub_port": 0, "stdin_port": 0, "control_port": 0, "hb_port": 0,
-            "kernel_name": ""}
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with open(fd, "w") as f:
-        json.dump(info, f)
+    _write_json(path, {"ip": "0.0.0.0" if ip == "*" else ip, "transport": "tcp", "key": secrets.token_hex(32),
+                       "signature_scheme": "hmac-sha256", "shell_port": 0, "iopub_port": 0, "stdin_port": 0,
+                       "control_port": 0, "hb_port": 0, "kernel_name": ""})
+
+
+def _write_json(path: str, data) -> None:
+    """Write ``data`` to ``path`` atomically (a reader never sees half of it), mode 0600."""
+    with open(os.open(path + ".tmp", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w") as f:
+        json.dump(data, f)
+    os.replace(path + ".tmp", path)
 
 
 def _ports_written(path: str) -> bool:
@@ -434,7 +438,7 @@ class MPIEngineSet(EngineSet):
                 raise EngineStartError(self._failure(f"MPI ranks of engines {waiting} did not start within"
                                                      f" {timeout} s", waiting))
             await asyncio.sleep(_POLL)
-        infos = {eid: load_connection_file(path) for eid, path in files.items()}
+        infos = {eid: self._placed(eid, load_connection_file(path)) for eid, path in files.items()}
         answered = await asyncio.gather(*(
             heartbeat(heartbeat_address(i["transport"], i["ip"], i["hb_port"]),
                       max(0.0, deadline - time.monotonic()), self.mpiexec.popen) for i in infos.values()))
@@ -442,16 +446,24 @@ class MPIEngineSet(EngineSet):
         if silent:
             why = "mpiexec exited" if not self.mpiexec.alive() else f"no heartbeat within {timeout} s"
             raise EngineStartError(self._failure(f"engines {silent} did not answer ({why})", silent))
-        self._find_pids()
-
-    def _find_pids(self) -> None:
-        """Each local rank's kernel pid: the process below mpiexec whose command line names its connection file."""
         self._descendants = _descendants(self.mpiexec.pid)
-        for handle in self.engines.values():
-            for pid in self._descendants:
-                if handle.connection_file in _cmdline(pid):
-                    handle.pid = pid
-                    break
+
+    def _placed(self, engine_id: int, info: dict) -> dict:
+        """Note where a rank runs (host, and pid if on this host); make a wildcard address one a client can reach.
+
+        A kernel that listens on every interface writes ``0.0.0.0`` into
+        its file; clients need an address of its host: loopback here, the
+        host's (resolved) address elsewhere.
+        """
+        handle = self.engines[engine_id]
+        placed = info.get("ipyparallel_ext", {})
+        here = placed.get("host") in (None, self.host)
+        handle.host = placed.get("host", self.host)
+        handle.pid = placed.get("pid") if here else None
+        if info["ip"] in _WILDCARDS:
+            info["ip"] = "127.0.0.1" if here else socket.gethostbyname(handle.host)
+            _write_json(handle.connection_file, info)
+        return info
 
     def _failure(self, what: str, engine_ids=()) -> str:
         code = self.mpiexec.returncode()
@@ -532,10 +544,11 @@ class MPILauncher(Launcher):
     mpi_args : list of str, optional
         Extra mpiexec arguments before the program, e.g. ``["-hosts",
         "node1,node2"]`` or ``["--hostfile", "hosts"]``; not ``-n``, which is
-        the number of engines.  Ranks on other hosts need this Python at the
-        same path and the cluster folder on a shared filesystem, and listen on
-        ``Cluster(ip=)`` (default loopback: set it to an address the client
-        reaches).  For Open MPI, ``--oversubscribe`` (and
+        the number of engines.  Ranks on other hosts (tested here on one
+        host only) need this Python at the same path, the cluster folder on
+        a filesystem they share with this host, and ``Cluster(ip="*")``: each
+        kernel then listens on every interface of its host, and clients
+        reach it at its host's address (its name resolved here).  For Open MPI, ``--oversubscribe`` (and
         ``--allow-run-as-root`` as root) are added, and the engines' extra
         environment variables are forwarded with ``-x``.
 
@@ -575,9 +588,8 @@ class MPILauncher(Launcher):
                 _write_connection_file(path, ctx.ip)
             engines = {eid: _Rank(eid, path, None) for eid, path in files.items()}
             engine_set = MPIEngineSet(engines, _Mpiexec(0), ctx.folder, ctx.set_id, flavour, len(files))
-            plan = [[_kernel_argv(spec, path), engine_set.log_path(eid)] for eid, path in files.items()]
-            with open(os.open(engine_set.plan_path(), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w") as f:
-                json.dump(plan, f)
+            plan = [[_kernel_argv(spec, path), engine_set.log_path(eid), path] for eid, path in files.items()]
+            _write_json(engine_set.plan_path(), plan)
             argv = [mpiexec, *_flavour_args(flavour, self.mpi_args, env), *self.mpi_args, "-n", str(len(files)),
                     sys.executable, "-c", _BOOTSTRAP, engine_set.plan_path()]
             ctx.log.debug("starting engines %s: %s", ctx.engine_ids, " ".join(argv))

@@ -11,6 +11,7 @@ import glob
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -123,6 +124,23 @@ def test_px_allreduce(mpi4, shell):
         shell.run_cell("%px print('sum of ranks', comm.allreduce(comm.rank), 'at rank', comm.rank)")
     for eid in range(4):
         assert f"[stdout:{eid}] \nsum of ranks 6 at rank {eid}\n" in out.stdout, out.stdout + out.stderr
+
+
+def test_ranks_listening_on_every_interface_are_reached_at_their_host():
+    cluster = ipp.Cluster(n=2, engines="mpi", ip="*")
+    try:
+        rc = cluster.start_and_connect_sync()
+        assert rc[:].apply_sync(world) == [(0, 2, 1), (1, 2, 1)]
+        for eid, engine in cluster.engines.items():
+            with open(engine.connection_file) as f:
+                info = json.load(f)
+            assert info["ip"] == "127.0.0.1"  # this host's ranks: through loopback
+            assert info["ipyparallel_ext"] == {"host": socket.gethostname(), "pid": engine.pid}
+            listening = {c.laddr.ip for c in psutil.Process(engine.pid).net_connections("tcp")
+                         if c.status == psutil.CONN_LISTEN and c.laddr.port == info["shell_port"]}
+            assert listening == {"0.0.0.0"}
+    finally:
+        cluster.stop_cluster_sync()
 
 
 def test_one_rank_cannot_restart_alone(mpi4):
