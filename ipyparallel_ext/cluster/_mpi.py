@@ -3,13 +3,14 @@
 How a set starts::
 
     launcher ──writes──> folder/engine-<id>.json   ip, a random key, ports 0 (mode 0600)
-             ──writes──> folder/mpi-<set>.json     per rank: the kernel's argv and log file
+             ──writes──> folder/mpi-<set>.json     per rank: the kernel's argv, log and connection file
              ──Popen───> mpiexec -n N [mpi_args] python -c BOOTSTRAP folder/mpi-<set>.json
                            └─ hydra_pmi_proxy (MPICH) / prted (Open MPI)
                                 └─ rank k: BOOTSTRAP reads k from the environment
                                    (PMI_RANK / OMPI_COMM_WORLD_RANK / PMIX_RANK), sends its
-                                   output to engine-<id>.log and execs the kernelspec's argv
-                                   (stock ipykernel) with -f folder/engine-<id>.json
+                                   output to engine-<id>.log, notes its host and pid in its
+                                   connection file and execs the kernelspec's argv (stock
+                                   ipykernel) with -f folder/engine-<id>.json
 
 Each kernel binds random ports itself (ports 0 in its file: no window in
 which another process can take a port we picked), then writes them into
