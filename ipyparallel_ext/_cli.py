@@ -259,7 +259,9 @@ def _summary(cluster_id, data) -> dict:
     from .cluster import _files
 
     engines = [e for members in data["engines"]["sets"].values() for e in members.values()]
-    alive = sum(1 for e in engines if e.get("state") == "running" and _files.pid_alive(e.get("pid")))
+    # An engine on another node has no pid here: the supervisor's saved state is all we know.
+    alive = sum(1 for e in engines if e.get("state") == "running"
+                and (e.get("pid") is None or _files.pid_alive(e.get("pid"))))
     supervisor = data["cluster"]["supervisor"]
     return {"cluster_id": cluster_id, "engines_alive": alive, "engines": len(engines),
             "launcher": data["engines"]["class"], "kernel_name": data["cluster"]["kernel_name"],
@@ -271,7 +273,7 @@ def _summary(cluster_id, data) -> dict:
 def _set_states(row) -> str:
     """What ``cluster list`` says of a cluster's engine sets: only those not plainly "running"."""
     notes = [f"{set_id}: {status.get('state')}" for set_id, status in row["engine_sets"].items()
-             if status.get("state", "running") != "running"]
+             if str(status.get("state", "running")).lower() != "running"]  # Slurm says RUNNING
     return "; ".join(notes) or "running"
 
 
