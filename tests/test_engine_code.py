@@ -128,6 +128,45 @@ def test_reinstalling_replaces_the_hooks_instead_of_stacking(cluster, rc):
     assert rc[0].apply_sync(send_chain) == ["send[True]", "send"]
 
 
+@ipp.interactive
+def json_checks():
+    """Runs on an engine: the kernel's packer and date parser against jupyter_client's own."""
+    from IPython import get_ipython
+    from jupyter_client import jsonutil
+    from jupyter_client import session as session_module
+
+    session = get_ipython().kernel.session
+    request = get_ipython().kernel.get_parent("shell")  # this request, dates parsed by the kernel
+    reply = session.msg("execute_reply", {"status": "ok", "text": "\u00e9\u2028"}, parent=request)
+    parts = [reply["header"], reply["parent_header"], {"started": reply["header"]["date"]}, reply["content"]]
+    dates = [reply["header"]["date"].isoformat(), session_module.json_default(reply["header"]["date"]),
+             "2026-12-07T16:53:09.123456+02:00", "2026-13-07T16:53:09.123456Z", "x" * 27]
+
+    def outcome(parse, s):
+        try:
+            value = parse(s)
+        except ValueError as exc:
+            return type(exc)
+        return value, type(getattr(value, "tzinfo", None))
+
+    return {
+        "replaced": [session.pack is not session_module.json_packer,
+                     jsonutil.parse_date.__name__ == "parse_date" and hasattr(jsonutil.parse_date, "__ipp_ext_stock__")],
+        "same_bytes": [session.pack(p) == session_module.json_packer(p) for p in parts],
+        "same_dates": [outcome(jsonutil.parse_date, d) == outcome(jsonutil.parse_date.__ipp_ext_stock__, d)
+                       for d in dates],
+        "request_date": type(request["header"]["date"]).__name__,
+    }
+
+
+def test_the_kernels_json_is_faster_and_byte_for_byte_the_same(rc):
+    checks = rc[0].apply_sync(json_checks)
+    assert checks["replaced"] == [True, True]
+    assert checks["same_bytes"] == [True] * 4
+    assert checks["same_dates"] == [True] * 5
+    assert checks["request_date"] == "datetime"  # the request's date went through the fast parser
+
+
 # -- output: nothing written is lost ------------------------------------------------------
 
 SLOW_IOPUB = """
