@@ -473,7 +473,9 @@ class EngineConnection:
         # ones that are not ours before paying for checking and decoding
         # (but not parentless ones: "iopub_welcome" or status "starting"
         # from a kernel that was restarted).
-        msg = self._unpack(frames, self._routed_or_none)
+        topic = frames[0].bytes
+        is_status = topic.startswith(b"kernel.") and topic.endswith(b".status")
+        msg = self._unpack(frames, self._status_wanted if is_status else self._routed_or_none)
         if msg is None or not self._same_kernel(msg):
             return
         parent_id = msg["parent_header"].get("msg_id")
@@ -494,6 +496,21 @@ class EngineConnection:
 
     def _routed_or_none(self, parent_id) -> bool:
         return parent_id is None or parent_id in self.routes
+
+    def _status_wanted(self, parent_id) -> bool:
+        """Is a status message (by its parent) worth checking and decoding?
+
+        Each request makes the kernel publish 'busy' and 'idle'.  Parentless
+        ones can say the kernel restarted; 'idle' completes the outputs of
+        records whose reply carries no output count (the install, and
+        load-balanced batches, whose tasks count their own).  The replies
+        of everything else count their outputs, so their status messages
+        are dropped unread.
+        """
+        if parent_id is None:
+            return True
+        record = self.routes.get(parent_id)
+        return record is not None and (bool(record.task) or record.op == "install")
 
     def _outputs_complete(self, record) -> None:
         """Every output of ``record`` (and of its batch's tasks) has arrived."""
