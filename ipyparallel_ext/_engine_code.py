@@ -715,6 +715,8 @@ _counts_lock = threading.Lock()
 
 
 def _shell():
+    if _adapter is not None:
+        return _adapter.shell  # the kernel's shell, found at install (no import per request)
     from IPython import get_ipython
 
     return get_ipython()
@@ -843,9 +845,10 @@ def _run_batch(spec, frames, parent):
     return {"status": "ok", "tasks": results}, out
 
 
-def handle():
-    """Serve the current execute_request (called by its code)."""
-    parent = _adapter.parent()
+def handle(parent=None):
+    """Serve the current execute_request, ``parent`` (called by its code, or by :func:`_serve`)."""
+    if parent is None:
+        parent = _adapter.parent()
     spec = parent["metadata"]["ipp_ext"]
     frames = parent.get("buffers") or []
     if spec["op"] == "batch":
@@ -891,7 +894,7 @@ def _serve(code):
     _output_counts[parent["header"]["msg_id"]] = 0
     if code == HANDLE_CODE:
         try:
-            handle()
+            handle(parent)
         except BaseException as exc:  # noqa: BLE001 - reported to the client, kernel goes on
             return _reply_content(_format_error(type(exc), exc, exc.__traceback__))
         return _reply_content()
