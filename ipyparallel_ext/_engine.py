@@ -384,7 +384,7 @@ class EngineConnection:
         for task in record.task or ():
             if task is not record:
                 self.routes[task.msg_id] = task
-        tracker = self.shell.send_multipart(frames + record.frames, copy=False, track=record.track)
+        tracker = _wire.send_message(self.shell, frames + record.frames, record.track)
         if record.track:
             record.tracker = tracker
         record.frames = []
