@@ -117,6 +117,10 @@ class View:
         flags.update((k, v) for k, v in overrides.items() if v is not None)
         return flags
 
+    def _flag(self, name: str, override=None):
+        """One flag: ``override`` unless it is None, else the view's (``_flags``, for one name, per call)."""
+        return getattr(self, name) if override is None else override
+
     def _finish(self, ar: AsyncResult, block: bool):
         self.history.extend(ar.msg_ids)
         return ar.get() if block else ar
@@ -247,7 +251,7 @@ class DirectView(View):
     """
 
     def _targets(self, targets=None) -> tuple[list, bool]:
-        targets = self._flags(targets=targets)["targets"]
+        targets = self._flag("targets", targets)
         single = isinstance(targets, int) and not isinstance(targets, bool)
         return self.client.resolve_targets(targets), single
 
@@ -258,7 +262,7 @@ class DirectView(View):
 
         Returns the AsyncResult (a ``result_class``), or its value if ``block``.
         """
-        label = self._flags(label=label)["label"]
+        label = self._flag("label", label)
         records = []
         for frames in frames_per_engine:
             record = self.client.new_record(op, record_class, frames=frames, spec=dict(spec or {"op": op}),
@@ -268,7 +272,7 @@ class DirectView(View):
             records.append(record)
         ar = result_class(self.client, records, fname=fname, **result_kwargs)
         self.client.submit(zip(engine_ids, records))
-        return self._finish(ar, self._flags(block=block)["block"])
+        return self._finish(ar, self._flag("block", block))
 
     def _send(self, op, engine_ids, single, block, fname, frames=(), spec=None, code=None,
               postprocess=None, join=None, track=False):
@@ -281,7 +285,7 @@ class DirectView(View):
         ids, single = self._targets(targets)
         frames = _wire.serialize_call(f, args, kwargs, self.client.pickler)
         return self._send("apply", ids, single, block, call_name(f), frames,
-                          track=self._flags(track=track)["track"])
+                          track=self._flag("track", track))
 
     def execute(self, code: str, silent=True, targets=None, block=None, label=None) -> AsyncResult:
         """Run ``code`` on the engines, in their namespaces.
