@@ -380,7 +380,14 @@ class KernelAdapter:
       the flush after each request is skipped when there is nothing to send
       (engines a Cluster started; streams without them keep the stock flush);
     - ``kernel.log``: its level is raised to what its handlers emit (engines a
-      Cluster started).
+      Cluster started);
+    - ``kernel._publish_status`` and the IOPub thread's ``schedule``,
+      ``thread`` and ``_events``, wrapped: the IOPub wake-up for our
+      requests' 'busy' is held back until the next message or a short
+      deadline (engines a Cluster started);
+    - jupyter_client's ``Session.pack`` and ``jsonutil.parse_date``, when
+      they are the stock ``json_packer`` and ``parse_date``: replaced by
+      equivalents with less per-call work (checked against them at install).
 
     Built inside the install request; a missing piece raises
     :class:`IncompatibleKernel` naming it, so the install fails with that
@@ -575,6 +582,69 @@ class KernelAdapter:
         if hasattr(self.kernel, "_execute_sleep"):
             self.kernel._execute_sleep = seconds
 
+    def defer_busy_wakeups(self, delay):
+        """Hold back the IOPub thread's wake-up for our requests' 'busy' status, ``delay`` s at most.
+
+        Each request makes the kernel publish 'busy' before it runs and
+        'idle' after its reply, each by waking the IOPub thread.  Woken for
+        'busy', that thread runs while the request is served and its reply
+        sent, on a machine with few cores and one GIL.  Here the 'busy' of
+        a request of ours is queued without the wake-up: the next message
+        published (an output, the 'idle') wakes the thread, which sends
+        everything queued in order ('busy' first), or a small waker thread
+        does after ``delay`` seconds (a long silent request; it sleeps while
+        nothing is held back).  Other frontends see 'busy' at most
+        ``delay`` late, never out of order.  Other clients' requests are
+        untouched.  Needs ``kernel._publish_status`` and the IOPub thread's
+        ``schedule``, ``thread`` and ``_events`` (ipykernel's IOPubThread);
+        without them nothing changes.  Returns True if deferring.
+        """
+        kernel = self.kernel
+        iopub = getattr(kernel, "iopub_thread", None)
+        if (not callable(getattr(kernel, "_publish_status", None)) or iopub is None
+                or not callable(getattr(iopub, "schedule", None))
+                or not hasattr(getattr(iopub, "_events", None), "append")
+                or not callable(getattr(getattr(iopub, "thread", None), "is_alive", None))):
+            kernel.log.info("ipyparallel_ext: this kernel's IOPub thread is not ipykernel's;"
+                            " busy statuses are published as usual")
+            return False
+        previous = getattr(iopub, "_ipp_ext_busy_waker", None)
+        if previous is not None:
+            previous.stop()
+        waker = iopub._ipp_ext_busy_waker = _BusyWaker(iopub, delay)
+        main = threading.get_ident()  # installs run on the kernel's main thread, as requests do
+
+        def make_publish_status(inner, live):
+            def _publish_status(status, channel, *args, **kwargs):
+                if live and status == "busy" and channel == "shell" and threading.get_ident() == main:
+                    spec = (kernel.get_parent("shell").get("metadata") or {}).get("ipp_ext")
+                    if spec is not None:  # a request of ours
+                        waker.holding = True
+                        try:
+                            return inner(status, channel, *args, **kwargs)
+                        finally:
+                            waker.holding = False
+                return inner(status, channel, *args, **kwargs)
+
+            return _publish_status
+
+        def make_schedule(inner, live):
+            waker.schedule = inner
+
+            def schedule(f):
+                if live and waker.holding and threading.get_ident() == main and iopub.thread.is_alive():
+                    waker.hold(f)
+                    return None
+                waker.held_since = None  # this wakes the thread: what was held goes out first
+                return inner(f)
+
+            return schedule
+
+        _chain(iopub, "schedule", make_schedule)
+        _chain(kernel, "_publish_status", make_publish_status)
+        waker.start()
+        return True
+
     def speed_up_json(self):
         """Pack and parse the kernel's messages as jupyter_client does, without its per-call set-up.
 
@@ -609,6 +679,62 @@ class KernelAdapter:
                 jsonutil.parse_date = fast
                 replaced.append("jsonutil.parse_date")
         return replaced
+
+
+class _BusyWaker:
+    """Wakes the IOPub thread for a held-back 'busy' nobody else woke it for (see ``defer_busy_wakeups``).
+
+    Its thread sleeps on an event while nothing is held back; while requests
+    keep coming it wakes about once per ``delay``, not per request.
+    """
+
+    def __init__(self, iopub, delay):
+        self.iopub = iopub
+        self.delay = delay
+        self.schedule = None  # the IOPub thread's own schedule (set when it is wrapped)
+        self.holding = False  # True while the main thread publishes a 'busy' of ours
+        self.held_since = None  # monotonic time a 'busy' was held back, until the thread is woken
+        self._stopped = False
+        self._event = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="ipyparallel_ext busy waker", daemon=True)
+
+    def start(self):
+        self._thread.start()
+
+    def stop(self):
+        self._stopped = True
+        self._event.set()
+
+    def hold(self, f):
+        """Queue ``f`` (the 'busy' send) for the IOPub thread without waking it (main thread)."""
+        self.iopub._events.append(f)
+        if self.held_since is None:
+            self.held_since = time.monotonic()
+        self._event.set()  # no system call unless the waker sleeps
+
+    def _run(self):
+        while not self._stopped:
+            since = self.held_since
+            if since is None:
+                if self._event.is_set():  # something was held since the last look: check again later
+                    self._event.clear()
+                    time.sleep(self.delay)
+                else:  # nothing lately: sleep until the next hold
+                    self._event.wait()
+                continue
+            left = since + self.delay - time.monotonic()
+            if left > 0:
+                time.sleep(left)
+            elif self.held_since == since:
+                self.held_since = None
+                try:
+                    self.schedule(_nothing)  # wakes the IOPub thread, which sends what is queued
+                except Exception:  # a closed IOPub thread (kernel shutting down): nothing to wake
+                    return
+
+
+def _nothing():
+    """An IOPub event that does nothing but wake the thread."""
 
 
 def _fast_json_packer(stock, default):
@@ -1025,6 +1151,8 @@ def install(options):
         adapter.skip_empty_flushes()
     if options.get("skip_unused_log_records"):
         adapter.skip_unused_log_records()
+    if options.get("defer_busy_wakeups"):
+        adapter.defer_busy_wakeups(float(options["defer_busy_wakeups"]))
     adapter.speed_up_json()
     if "execute_sleep" in options:
         # The post-execute sleep exists to let output flush before the reply;

@@ -167,6 +167,106 @@ def test_the_kernels_json_is_faster_and_byte_for_byte_the_same(rc):
     assert checks["request_date"] == "datetime"  # the request's date went through the fast parser
 
 
+# -- status messages: every request's 'busy' and 'idle' still reach other frontends ----------
+
+
+@pytest.fixture
+def frontend(cluster, rc):
+    """A second frontend on engine 0's IOPub (a jupyter_client, as a notebook would attach)."""
+    import queue
+
+    from jupyter_client import BlockingKernelClient
+
+    kc = BlockingKernelClient(connection_file=cluster.connection_files[0])
+    kc.load_connection_file()
+    kc.start_channels(shell=False, stdin=False, hb=False, control=False)
+    try:
+        # A SUB socket connects in the background: once it sees a request's messages, it misses none.
+        for _ in range(100):
+            probe = rc[0].apply_async(int).msg_ids[0]
+            try:
+                iopub_of(kc, probe, lambda m: True, timeout=0.2)
+                break
+            except queue.Empty:
+                continue
+        else:
+            raise AssertionError("the frontend's IOPub never connected")
+        yield kc
+    finally:
+        kc.stop_channels()
+
+
+def iopub_of(kc, msg_id, until, timeout=10.0):
+    """(msg_type, execution_state or None) of ``msg_id``'s IOPub messages, up to the first for which ``until`` holds."""
+    seen = []
+    while True:
+        msg = kc.get_iopub_msg(timeout=timeout)  # raises queue.Empty past the deadline
+        if msg["parent_header"].get("msg_id") != msg_id:
+            continue
+        seen.append((msg["msg_type"], msg["content"].get("execution_state")))
+        if until(seen[-1]):
+            return seen
+
+
+def test_busy_output_idle_reach_another_frontend_in_order(rc, frontend):
+    ar = rc[0].apply_async(print, "hi")
+    seen = iopub_of(frontend, ar.msg_ids[0], lambda m: m == ("status", "idle"))
+    assert seen == [("status", "busy"), ("stream", None), ("status", "idle")]
+    assert ar.get(10) is None
+
+
+@ipp.interactive
+def wait_for_path(path):
+    """Runs on an engine: return once ``path`` exists (it gives up after a minute)."""
+    import os
+    import time
+
+    deadline = time.monotonic() + 60
+    while not os.path.exists(path) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return os.path.exists(path)
+
+
+@ipp.interactive
+def waker_wakes():
+    """Runs on an engine: a held-back event makes a busy waker wake the IOPub thread by itself."""
+    import threading
+
+    from IPython import get_ipython
+
+    engine = __import__("_ipp_ext_engine")
+    iopub = get_ipython().kernel.iopub_thread
+    installed = isinstance(getattr(iopub, "_ipp_ext_busy_waker", None), engine._BusyWaker)
+    waker = engine._BusyWaker(iopub, 0.05)  # a second one, whose wake-ups this test sees
+    woken = threading.Event()
+    waker.schedule = lambda f: (iopub.schedule(f), woken.set())
+    waker.start()
+    try:
+        waker.hold(lambda: None)  # queued for the IOPub thread, which nothing else wakes
+        return installed, woken.wait(30), waker.held_since
+    finally:
+        waker.stop()
+
+
+def test_a_held_back_busy_goes_out_without_other_traffic(rc):
+    assert rc[0].apply_sync(waker_wakes) == (True, True, None)
+
+
+def test_a_long_silent_request_is_seen_busy_while_it_runs(rc, frontend, tmp_path):
+    # Engines a Cluster starts hold back the IOPub wake-up for 'busy' (it usually goes out with
+    # 'idle'); a request that runs on without output must still show as busy while it runs.
+    release = tmp_path / "release"
+    ar = rc[0].apply_async(wait_for_path, str(release))
+    try:
+        seen = iopub_of(frontend, ar.msg_ids[0], lambda m: m[0] == "status")
+        assert seen == [("status", "busy")]
+        assert not ar.done()  # the task is still waiting for the file
+    finally:
+        release.touch()
+    assert ar.get(60) is True
+    assert iopub_of(frontend, ar.msg_ids[0], lambda m: m[0] == "status") == [("status", "idle")]
+
+
 # -- output: nothing written is lost ------------------------------------------------------
 
 SLOW_IOPUB = """
