@@ -47,7 +47,8 @@ from ..error import EngineStartError
 from . import _files
 
 # What clients tell the helpers in engines this module started (stock ipykernel, our args).
-_ENGINE_OPTIONS = {"execute_sleep": 0, "skip_empty_flushes": True, "skip_unused_log_records": True}
+_ENGINE_OPTIONS = {"execute_sleep": 0, "skip_empty_flushes": True, "skip_unused_log_records": True,
+                   "defer_busy_wakeups": 0.02}
 _STOP_WAIT = 30.0  # seconds stopping engines may take, beyond starting ones' engine_timeout
 _WATCH_PERIOD = 0.25  # how often auto_restart polls an engine's process
 _FLAP_SECONDS = 10.0  # a death this soon after a (re)start counts towards giving up
