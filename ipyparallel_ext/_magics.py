@@ -19,6 +19,7 @@ import ast
 import re
 import signal
 import sys
+import time
 import warnings
 import weakref
 
@@ -31,6 +32,9 @@ from .error import AlreadyDisplayedError, CompositeError, RemoteError
 
 # Seconds to wait, after interrupting the engines, for them to report.
 INTERRUPT_GRACE = 5.0
+# How often, meanwhile, SIGINT is sent again to engines still busy: a kernel ignores SIGINT between
+# requests, so an interrupt that lands before it has started ours is lost.
+INTERRUPT_REPEAT = 0.5
 
 NO_VIEW = (
     "no engines are bound to %px{suffix} yet: create a Client"
@@ -308,16 +312,28 @@ class ParallelMagics(Magics):
             raise KeyboardInterrupt
         client = self._view().client
         print(f"Keyboard interrupt: sending {_signal_name(signum)} to engine(s) {busy}", file=sys.stderr)
+        deadline = time.monotonic() + INTERRUPT_GRACE
+        done = False
         try:
-            if signum == signal.SIGINT:
-                client.interrupt(busy)  # interrupt_request: works for any kernel, even not ours
-            else:
-                client.send_signal(signum, busy)
-        except Exception as exc:  # e.g. the engine died meanwhile: say so, stop waiting
-            print(f"could not signal engine(s) {busy}: {exc}", file=sys.stderr)
-            raise KeyboardInterrupt from None
-        try:
-            done = live.wait(-1, timeout=INTERRUPT_GRACE) if live is not None else ar.wait(INTERRUPT_GRACE)
+            while busy and not done:
+                try:
+                    if signum == signal.SIGINT:
+                        client.interrupt(busy)  # interrupt_request: works for any kernel, even not ours
+                    else:
+                        client.send_signal(signum, busy)
+                except Exception as exc:  # e.g. the engine died meanwhile: say so, stop waiting
+                    print(f"could not signal engine(s) {busy}: {exc}", file=sys.stderr)
+                    raise KeyboardInterrupt from None
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    break
+                # Only SIGINT is sent again; other signals are sent once.
+                step = min(left, INTERRUPT_REPEAT) if signum == signal.SIGINT else left
+                done = live.wait(-1, timeout=step) if live is not None else ar.wait(step)
+                busy = _display.busy_engines(ar) if signum == signal.SIGINT else []
+            if not done and time.monotonic() < deadline:
+                left = deadline - time.monotonic()
+                done = live.wait(-1, timeout=left) if live is not None else ar.wait(left)
         except KeyboardInterrupt:
             done = False
         if not done:
