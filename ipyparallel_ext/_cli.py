@@ -199,6 +199,27 @@ def _cluster_start(args) -> int:
 
         return supervise(args.n, cluster_id, args.kernel, args.restart_engines, args.engine_timeout,
                          on_ready=ready, engines=args.engines, launcher_options=options)
+    process, data = start_daemon(args, cluster_id)
+    engines = sum(len(s) for s in data["engines"]["sets"].values())
+    print(f"cluster {cluster_id} started: {engines} engines (supervisor pid {process.pid},"
+          f" log {_files.log_file_path(cluster_id)})")
+    return 0
+
+
+def start_daemon(args, cluster_id: str):
+    """Start a daemonized supervisor for the ``cluster start`` options ``args``.
+
+    Returns ``(process, cluster file contents)`` once its engines run (the
+    toolbar's server extension starts clusters through this too).
+
+    Raises
+    ------
+    ValueError
+        The id is taken, or the supervisor exited or did not start in time (with its log's end).
+    """
+    from .cluster import _files
+
+    options = _options(args.launcher_options)
     if cluster_id in _files.running_cluster_files():
         raise ValueError(f"a cluster with id {cluster_id!r} is already running")
     argv = [sys.executable, "-m", "ipyparallel_ext.cluster._supervisor", "--cluster-id", cluster_id,
@@ -222,11 +243,7 @@ def _cluster_start(args) -> int:
             raise ValueError(f"the supervisor exited with status {process.returncode}; its log"
                              f" ({log_path}) ends:\n{tail}")
         if os.path.exists(path):
-            data = _files.read_cluster_file(path)
-            engines = sum(len(s) for s in data["engines"]["sets"].values())
-            print(f"cluster {cluster_id} started: {engines} engines (supervisor pid {process.pid},"
-                  f" log {log_path})")
-            return 0
+            return process, _files.read_cluster_file(path)
         time.sleep(0.1)
     process.terminate()
     raise ValueError(f"cluster {cluster_id} did not start within {deadline} s (log: {log_path})")
@@ -245,17 +262,25 @@ def _chosen(args, running) -> list:
 
 def _cluster_stop(args) -> int:
     from .cluster import _files
-    from .cluster._supervisor import stop_supervised
 
     running = _files.running_cluster_files()
     for cluster_id, path, data in _chosen(args, running):
-        stop_supervised(data["cluster"]["supervisor"], wait=_STOP_WAIT)
-        _files.remove_leftovers(path, data)
+        stop_cluster(path, data)
         print(f"cluster {cluster_id} stopped")
     return 0
 
 
-def _summary(cluster_id, data) -> dict:
+def stop_cluster(path: str, data: dict) -> None:
+    """Stop the supervised cluster of cluster file ``path`` (contents ``data``); return once it stopped."""
+    from .cluster import _files
+    from .cluster._supervisor import stop_supervised
+
+    stop_supervised(data["cluster"]["supervisor"], wait=_STOP_WAIT)
+    _files.remove_leftovers(path, data)
+
+
+def cluster_summary(cluster_id, data) -> dict:
+    """One row of ``cluster list --json`` for the cluster file contents ``data`` (the toolbar's too)."""
     from .cluster import _files
 
     engines = [e for members in data["engines"]["sets"].values() for e in members.values()]
@@ -286,7 +311,7 @@ def _uptime(seconds: float) -> str:
 def _cluster_list(args) -> int:
     from .cluster import _files
 
-    rows = [_summary(cid, data) for cid, (_path, data) in sorted(_files.running_cluster_files().items())]
+    rows = [cluster_summary(cid, data) for cid, (_path, data) in sorted(_files.running_cluster_files().items())]
     if args.json:
         print(json.dumps({row["cluster_id"]: row for row in rows}, indent=1))
         return 0
@@ -304,12 +329,12 @@ def _cluster_change(args) -> int:
     for cluster_id, _path, data in _chosen(args, _files.running_cluster_files()):
         if args.n < 0:
             raise ValueError(f"-n {args.n}: a number of engines is at least 0")
-        answer = request(data["cluster"]["supervisor"], args.action, timeout=_request_timeout(data), n=args.n)
+        answer = request(data["cluster"]["supervisor"], args.action, timeout=request_timeout(data), n=args.n)
         print(f"cluster {cluster_id}: {len(answer['engines'])} engines")
     return 0
 
 
-def _request_timeout(data) -> float:
+def request_timeout(data) -> float:
     """How long a request that starts or stops engines of the cluster in ``data`` may take."""
     return float(data["cluster"].get("engine_timeout") or 60) + _STOP_WAIT
 
