@@ -96,7 +96,7 @@ def start_args(body) -> tuple:
     local = launcher_class(engines) is launcher_class("local")
     if not local or _parsed(argv + ["--engines", engines])[1] == []:
         argv += ["--engines", engines]
-    options = _object(body.get("launcher_options") or {}, "launcher_options")
+    options = _object(body.get("launcher_options", {}), "launcher_options")
     if options:
         raise RequestError(400, f"launcher_options: `ipyparallel-ext cluster start` takes none yet (got {sorted(options)})")
     kernel_name = body.get("kernel_name")
