@@ -153,8 +153,10 @@ class Client(RequestHistory):
         # ipyparallel does; a plain script never pays for importing IPython here.
         if "IPython" in sys.modules:
             from ._magics import activate_first_client
+            from .toolbar._comm import client_connected
 
             activate_first_client(self)
+            client_connected(self)  # in a notebook kernel: the toolbar's comm (nothing elsewhere)
 
     # -- engines ---------------------------------------------------------------------
 
