@@ -57,11 +57,14 @@ def client_connected(client) -> None:
     shell = _kernel_shell()
     if shell is None:
         return
-    with _lock:
-        if _toolbar is None:
-            _toolbar = _Toolbar(shell)
-        _toolbar.follow(client)
-        _toolbar.start()
+    try:
+        with _lock:
+            if _toolbar is None:
+                _toolbar = _Toolbar(shell)
+            _toolbar.follow(client)
+            _toolbar.start()
+    except Exception:  # the toolbar is a convenience: never let it fail the Client
+        log.warning("the notebook toolbar's comm could not start", exc_info=True)
 
 
 def _px_magics(shell):

@@ -144,7 +144,7 @@ def _descendants(pid) -> list:
 
 
 @contextlib.contextmanager
-def running_server(tmp_path, app: str = "server", base_url: str = "/", extra_args=()):
+def running_server(tmp_path, app: str = "server", base_url: str = "/", extra_args=(), env=None):
     """Run a Jupyter server for the duration of the block; yields a :class:`JupyterServer`.
 
     Parameters
@@ -157,12 +157,14 @@ def running_server(tmp_path, app: str = "server", base_url: str = "/", extra_arg
         The server's base URL (starts and ends with ``/``).
     extra_args : sequence of str
         More command-line options for the server.
+    env : dict, optional
+        More environment variables for the server (and what it starts).
     """
     if app not in _APPS:
         raise ValueError(f"app={app!r}: expected one of {sorted(_APPS)}")
     tmp = Path(tmp_path)
     (tmp / "root").mkdir(parents=True, exist_ok=True)
-    env = _environment(tmp)
+    env = {**_environment(tmp), **(env or {})}
     env["IPP_TEST_TOKEN"] = secrets.token_hex(16)
     for _attempt in range(3):  # another process may take the free port before the server binds it
         started = _start(app, tmp, base_url, extra_args, env)

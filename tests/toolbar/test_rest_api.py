@@ -8,6 +8,8 @@ folder too, so its Clients and the CLI see the same clusters as the API.
 
 import json
 import os
+import sys
+import threading
 import time
 import uuid
 
@@ -22,9 +24,23 @@ API = "ipyparallel-ext/clusters"
 _START = 150  # seconds starting a cluster may take on a busy 2-core machine
 
 
+_SLOW_START = 3.0  # seconds the "slow" kernelspec waits before starting ipykernel
+
+
+def _slow_kernelspec(folder) -> None:
+    """A kernelspec "slow": ipykernel after a pause, so that a cluster of it is seen starting."""
+    spec = folder / "kernels" / "slow"
+    spec.mkdir(parents=True)
+    code = f"import time, runpy; time.sleep({_SLOW_START}); runpy.run_module('ipykernel_launcher', run_name='__main__')"
+    (spec / "kernel.json").write_text(json.dumps({
+        "argv": [sys.executable, "-c", code, "-f", "{connection_file}"], "display_name": "slow", "language": "python"}))
+
+
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    with running_server(tmp_path_factory.mktemp("jupyter"), base_url="/jp/") as server:
+    tmp = tmp_path_factory.mktemp("jupyter")
+    _slow_kernelspec(tmp / "data")
+    with running_server(tmp, base_url="/jp/", env={"JUPYTER_PATH": str(tmp / "data")}) as server:
         saved = os.environ.get("JUPYTER_RUNTIME_DIR")
         os.environ["JUPYTER_RUNTIME_DIR"] = str(server.runtime_dir)
         try:
@@ -122,6 +138,29 @@ def test_start_scale_interrupt_stop(server):
     assert server.request("GET", f"{API}/{cluster_id}").status_code == 404
     assert cluster_id not in _listed(server)
     assert cluster_id not in _cli_listed(server)
+
+
+def test_a_cluster_is_listed_while_it_starts(server):
+    cluster_id = _new_id()
+    answer = {}
+    post = threading.Thread(target=lambda: answer.update(response=server.request(
+        "POST", API, json={"n": 1, "cluster_id": cluster_id, "kernel_name": "slow"}, timeout=_START)))
+    post.start()
+    try:
+        seen = {}
+        # Listed at once: the engine's kernelspec waits _SLOW_START s before it even starts.
+        assert wait_until(lambda: seen.update(_listed(server)) or cluster_id in seen, timeout=_START, interval=0.05)
+        model = seen[cluster_id]
+        assert (model["state"], model["engines"], model["engines_alive"]) == ("starting", 1, 0)
+        conflict = server.request("POST", API, json={"n": 1, "cluster_id": cluster_id})
+        assert conflict.status_code == 409, conflict.text
+    finally:
+        post.join(_START)
+    assert answer["response"].status_code == 201, answer["response"].text
+    model = _until(server, cluster_id, engines_alive=1, engines_busy=0)
+    assert (model["state"], model["kernel_name"]) == ("running", "slow")
+    assert _cli_listed(server)[cluster_id]["kernel_name"] == "slow"
+    assert server.request("DELETE", f"{API}/{cluster_id}", timeout=_START).status_code == 204
 
 
 def test_cli_and_api_see_the_same_clusters(server):
