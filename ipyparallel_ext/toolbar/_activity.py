@@ -51,18 +51,23 @@ def _address(info: dict, channel: str) -> str:
     return f"{info.get('transport', 'tcp')}://{info['ip']}:{info[channel + '_port']}"
 
 
-async def request(ctx, info: dict, session: Session, channel: str, msg_type: str, timeout: float):
-    """Send one request to a kernel's ``channel`` ('shell' or 'control'); its reply, or None on timeout."""
+async def request(ctx, info: dict, session: Session, channel: str, msg_type: str, timeout=None):
+    """Send one request to a kernel's ``channel`` ('shell' or 'control'); its reply.
+
+    None once ``timeout`` seconds passed without it (``timeout=None``: wait
+    as long as it takes; cancel the task to stop waiting).
+    """
+    loop = asyncio.get_running_loop()
     sock = ctx.socket(zmq.DEALER)
     sock.linger = 0
     try:
         sock.connect(_address(info, channel))
         msg = session.msg(msg_type, {})
         await sock.send_multipart(session.serialize(msg))
-        deadline = asyncio.get_running_loop().time() + timeout
+        deadline = None if timeout is None else loop.time() + timeout
         while True:
-            left = deadline - asyncio.get_running_loop().time()
-            if left <= 0 or not await sock.poll(left * 1000):
+            left = None if deadline is None else max(0.0, deadline - loop.time())
+            if not await sock.poll(None if left is None else left * 1000):
                 return None
             frames = await sock.recv_multipart()
             try:
@@ -95,8 +100,8 @@ class _EngineWatch:
         return bool(self.busy_parents)
 
     async def _probe(self, ctx) -> None:
-        # No timeout that would guess: a kernel busy for an hour answers in an hour.
-        if await request(ctx, self.info, self.session, "shell", "kernel_info_request", float("inf")):
+        # No timeout that would guess: a kernel busy for an hour answers in an hour (close() cancels).
+        if await request(ctx, self.info, self.session, "shell", "kernel_info_request"):
             self.busy_parents.discard(_PROBE)
 
     async def _read(self) -> None:
