@@ -6,6 +6,7 @@ kernel or engine is left.  This process uses the server's Jupyter runtime
 folder too, so its Clients and the CLI see the same clusters as the API.
 """
 
+import asyncio
 import json
 import os
 import sys
@@ -14,11 +15,15 @@ import time
 import uuid
 
 import pytest
+import zmq
+import zmq.asyncio
 from _server_fixture import running_server
 from conftest import wait_until
+from jupyter_client.session import Session
 
 import ipyparallel_ext as ipp
 from ipyparallel_ext.error import RemoteError
+from ipyparallel_ext.toolbar._activity import EngineActivity
 
 API = "ipyparallel-ext/clusters"
 _START = 150  # seconds starting a cluster may take on a busy 2-core machine
@@ -237,3 +242,85 @@ def test_bad_scale_requests_name_the_field(server):
         assert _model(server, cluster_id)["engines"] == 1
     finally:
         server.cli("stop", "--cluster-id", cluster_id)
+
+
+# -- how engines_busy is counted, against a purpose-built kernel whose messages the test writes ----------
+
+
+async def _until_async(condition, timeout=30.0):
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "condition not met in time"
+        await asyncio.sleep(0.01)
+
+
+async def _busy_from_signed_status(tmp_path):
+    ctx = zmq.asyncio.Context()
+    iopub = ctx.socket(zmq.XPUB)  # an XPUB sees the watch's subscription arrive: no lost first message
+    shell = ctx.socket(zmq.ROUTER)
+    info = {"transport": "tcp", "ip": "127.0.0.1", "key": uuid.uuid4().hex, "signature_scheme": "hmac-sha256",
+            "iopub_port": iopub.bind_to_random_port("tcp://127.0.0.1"),
+            "shell_port": shell.bind_to_random_port("tcp://127.0.0.1"), "control_port": 1, "hb_port": 1}
+    path = tmp_path / "engine-0.json"
+    path.write_text(json.dumps(info))
+    session = Session(key=info["key"].encode())
+    forger = Session(key=b"not the key")
+    cluster = {"engines": {"sets": {"s": {"0": {"connection_file": str(path), "pid": 1, "state": "running"}}}}}
+    activity = EngineActivity()
+    try:
+        activity.follow({"c": cluster})
+        assert activity.busy("c") == 1  # until it answers the probe: it may be running something
+        assert await iopub.recv() == b"\x01kernel."
+        idents, frames = session.feed_identities(await shell.recv_multipart())
+        probe = session.deserialize(frames)
+        assert probe["header"]["msg_type"] == "kernel_info_request"
+        session.send(shell, "kernel_info_reply", {"status": "ok"}, parent=probe, ident=idents)
+        await _until_async(lambda: activity.busy("c") == 0)
+
+        def status(state, parent, signer=session):
+            msg = signer.msg("status", {"execution_state": state}, parent=parent)
+            return [b"kernel.x.status", *signer.serialize(msg)]
+
+        request = session.msg("execute_request", {})
+        for frames in (status("busy", forger.msg("execute_request", {}), forger),  # a forged busy
+                       status("busy", request)):
+            await iopub.send_multipart(frames)
+        await _until_async(lambda: activity.busy("c") == 1)
+        await iopub.send_multipart(status("idle", request))
+        await _until_async(lambda: activity.busy("c") == 0)  # the forged busy was not counted
+
+        # A replayed busy is dropped: its signature was seen.
+        first = session.msg("execute_request", {})
+        genuine = status("busy", first)
+        await iopub.send_multipart(genuine)
+        await iopub.send_multipart(status("idle", first))
+        await _until_async(lambda: activity.busy("c") == 0)
+        later = session.msg("execute_request", {})
+        await iopub.send_multipart(genuine)
+        await iopub.send_multipart(status("busy", later))
+        await _until_async(lambda: activity.busy("c") == 1)
+        await iopub.send_multipart(status("idle", later))
+        await _until_async(lambda: activity.busy("c") == 0)
+
+        # A control request during a long shell request does not make it look idle.
+        long, control, marker = (session.msg(t, {}) for t in ("execute_request", "kernel_info_request", "comm_info_request"))
+        for frames in (status("busy", long), status("busy", control), status("idle", control), status("busy", marker)):
+            await iopub.send_multipart(frames)
+        watch = activity._watches[("c", 0, str(path), 1)]
+        await _until_async(lambda: marker["header"]["msg_id"] in watch.busy_parents)  # all of them were read
+        assert watch.busy_parents == {long["header"]["msg_id"], marker["header"]["msg_id"]}
+        for frames in (status("idle", marker), status("idle", long)):
+            await iopub.send_multipart(frames)
+        await _until_async(lambda: activity.busy("c") == 0)
+
+        activity.follow({})  # the cluster went: its watch stops
+        assert activity.watched("c") == 0 and activity.busy("c") == 0
+    finally:
+        activity.close()
+        iopub.close()
+        shell.close()
+        ctx.term()
+
+
+def test_busy_comes_from_signed_status_messages_only(tmp_path):
+    asyncio.run(_busy_from_signed_status(tmp_path))
