@@ -67,6 +67,43 @@ def _parsed(argv: list):
     return _cli.build_parser().parse_known_args(argv)
 
 
+def _cluster_id(value) -> str:
+    if value is None:
+        return uuid.uuid4().hex[:8]  # as `cluster start` picks one
+    if not isinstance(value, str) or not _ID.fullmatch(value):
+        raise RequestError(400, f"cluster_id: expected 1 to 64 letters, digits, '_', '-' or '.', got {value!r}")
+    return value
+
+
+def _launcher_options(engines, options) -> list:
+    """``cluster start`` options for ``engines`` (a launcher name) and its ``launcher_options``."""
+    if not isinstance(engines, str):
+        raise RequestError(400, f"engines: expected a launcher name such as 'local', got {engines!r}")
+    try:
+        launcher_class(engines)
+    except (ValueError, NotImplementedError) as exc:
+        raise RequestError(400, f"engines: {exc}") from None
+    except ImportError as exc:
+        raise RequestError(400, f"engines: the {engines!r} launcher is not available here ({exc})") from None
+    if _object(options, "launcher_options"):
+        raise RequestError(400, f"launcher_options: `ipyparallel-ext cluster start` takes none yet"
+                                f" (got {sorted(options)})")
+    return ["--engines", engines]
+
+
+def _kernel_options(kernel_name) -> list:
+    """``cluster start`` options for engines of kernelspec ``kernel_name`` (None: the default)."""
+    if kernel_name is None:
+        return []
+    if not isinstance(kernel_name, str) or not kernel_name:
+        raise RequestError(400, f"kernel_name: expected the name of a kernelspec, got {kernel_name!r}")
+    installed = {*EngineSpecManager().find_kernel_specs(), ENGINE_KERNEL_NAME}
+    if kernel_name not in installed:
+        raise RequestError(400, f"kernel_name: no kernelspec named {kernel_name!r}"
+                                f" (installed: {', '.join(sorted(installed))})")
+    return ["--kernel", kernel_name]
+
+
 def start_args(body) -> tuple:
     """``(cluster id, parsed cluster start options)`` for a POST /clusters body; RequestError naming a bad field.
 
@@ -77,44 +114,20 @@ def start_args(body) -> tuple:
     unknown = sorted(set(body) - _START_FIELDS)
     if unknown:
         raise RequestError(400, f"unknown field(s) {', '.join(unknown)}; expected {', '.join(sorted(_START_FIELDS))}")
-    n = _count(body, "n", 1)
-    cluster_id = body.get("cluster_id")
-    if cluster_id is None:
-        cluster_id = uuid.uuid4().hex[:8]
-    elif not isinstance(cluster_id, str) or not _ID.fullmatch(cluster_id):
-        raise RequestError(400, f"cluster_id: expected 1 to 64 letters, digits, '_', '-' or '.', got {cluster_id!r}")
-    argv = ["cluster", "start", "--daemonize", "-n", str(n), "--cluster-id", cluster_id]
+    cluster_id = _cluster_id(body.get("cluster_id"))
+    argv = ["cluster", "start", "--daemonize", "-n", str(_count(body, "n", 1)), "--cluster-id", cluster_id]
     engines = body.get("engines", "local")
-    if not isinstance(engines, str):
-        raise RequestError(400, f"engines: expected a launcher name such as 'local', got {engines!r}")
-    try:
-        launcher_class(engines)
-    except (ValueError, NotImplementedError) as exc:
-        raise RequestError(400, f"engines: {exc}") from None
-    except ImportError as exc:
-        raise RequestError(400, f"engines: the {engines!r} launcher is not available here ({exc})") from None
-    local = launcher_class(engines) is launcher_class("local")
-    if not local or _parsed(argv + ["--engines", engines])[1] == []:
-        argv += ["--engines", engines]
-    options = _object(body.get("launcher_options", {}), "launcher_options")
-    if options:
-        raise RequestError(400, f"launcher_options: `ipyparallel-ext cluster start` takes none yet (got {sorted(options)})")
-    kernel_name = body.get("kernel_name")
-    if kernel_name is not None:
-        if not isinstance(kernel_name, str) or not kernel_name:
-            raise RequestError(400, f"kernel_name: expected the name of a kernelspec, got {kernel_name!r}")
-        specs = EngineSpecManager()
-        if kernel_name != ENGINE_KERNEL_NAME and kernel_name not in specs.find_kernel_specs():
-            known = ", ".join(sorted({*specs.find_kernel_specs(), ENGINE_KERNEL_NAME}))
-            raise RequestError(400, f"kernel_name: no kernelspec named {kernel_name!r} (installed: {known})")
-        argv += ["--kernel", kernel_name]
+    launcher = _launcher_options(engines, body.get("launcher_options", {}))
+    argv += _kernel_options(body.get("kernel_name"))
     restart = body.get("restart_engines", False)
     if not isinstance(restart, bool):
         raise RequestError(400, f"restart_engines: expected true or false, got {restart!r}")
     argv += ["--restart-engines"] if restart else []
-    args, unknown = _parsed(argv)
-    if unknown:  # a launcher `cluster start` cannot start yet
-        raise RequestError(400, f"engines: {engines!r}: `ipyparallel-ext cluster start` takes no {unknown[0]} yet")
+    args, not_known = _parsed(argv + launcher)
+    if not_known and launcher_class(engines) is launcher_class("local"):
+        args, not_known = _parsed(argv)  # a `cluster start` without --engines: local is all it starts
+    if not_known:  # this version's `cluster start` starts local engines only
+        raise RequestError(400, f"engines: {engines!r}: `ipyparallel-ext cluster start` takes no {not_known[0]} yet")
     return cluster_id, args
 
 
