@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import json
 import re
 import time
 import uuid
@@ -22,7 +23,7 @@ import uuid
 from .. import _cli
 from .._client import load_connection_file
 from ..cluster import _files
-from ..cluster._launcher import launcher_class
+from ..cluster._launcher import launcher_class, make_launcher
 from ..cluster._local import ENGINE_KERNEL_NAME, EngineSpecManager
 from ..cluster._supervisor import ControlError, request
 from ..error import EngineStartError
@@ -79,16 +80,19 @@ def _launcher_options(engines, options) -> list:
     """``cluster start`` options for ``engines`` (a launcher name) and its ``launcher_options``."""
     if not isinstance(engines, str):
         raise RequestError(400, f"engines: expected a launcher name such as 'local', got {engines!r}")
+    options = _object(options, "launcher_options")
     try:
-        launcher_class(engines)
+        make_launcher(engines, options)  # what `cluster start` checks before it starts a supervisor
     except (ValueError, NotImplementedError) as exc:
         raise RequestError(400, f"engines: {exc}") from None
     except ImportError as exc:
         raise RequestError(400, f"engines: the {engines!r} launcher is not available here ({exc})") from None
-    if _object(options, "launcher_options"):
-        raise RequestError(400, f"launcher_options: `ipyparallel-ext cluster start` takes none yet"
-                                f" (got {sorted(options)})")
-    return ["--engines", engines]
+    except TypeError as exc:
+        raise RequestError(400, f"launcher_options: {exc}") from None
+    argv = ["--engines", engines]
+    for key, value in options.items():
+        argv += ["--launcher-option", f"{key}={json.dumps(value)}"]
+    return argv
 
 
 def _kernel_options(kernel_name) -> list:
@@ -124,10 +128,11 @@ def start_args(body) -> tuple:
         raise RequestError(400, f"restart_engines: expected true or false, got {restart!r}")
     argv += ["--restart-engines"] if restart else []
     args, not_known = _parsed(argv + launcher)
-    if not_known and launcher_class(engines) is launcher_class("local"):
+    if not_known == ["--engines", engines] and launcher_class(engines) is launcher_class("local"):
         args, not_known = _parsed(argv)  # a `cluster start` without --engines: local is all it starts
-    if not_known:  # this version's `cluster start` starts local engines only
-        raise RequestError(400, f"engines: {engines!r}: `ipyparallel-ext cluster start` takes no {not_known[0]} yet")
+    if not_known:
+        field = "launcher_options" if "--launcher-option" in not_known else "engines"
+        raise RequestError(400, f"{field}: `ipyparallel-ext cluster start` takes no {not_known[0]} here yet")
     return cluster_id, args
 
 

@@ -210,6 +210,7 @@ def test_cli_and_api_see_the_same_clusters(server):
     ({"n": 1, "cluster_id": "../escape"}, "cluster_id"),
     ({"n": 1, "cluster_id": ""}, "cluster_id"),
     ({"n": 1, "launcher_options": []}, "launcher_options"),
+    ({"n": 1, "launcher_options": {"no_such_option": 1}}, "launcher_options"),
     ({"n": 1, "restart_engines": "yes"}, "restart_engines"),
     ({"n": 1, "colour": "blue"}, "colour"),
     ([1, 2], "body"),
