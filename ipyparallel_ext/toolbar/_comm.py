@@ -29,6 +29,7 @@ from __future__ import annotations
 import logging
 import sys
 import threading
+import time
 import weakref
 
 TARGET = "ipyparallel_ext.toolbar"
@@ -160,7 +161,7 @@ class _Toolbar:
             self._last = state
             for comm in comms:
                 comm.send(state)
-            self._wake.wait(PERIOD)  # at most one message a PERIOD, however fast things change
+            time.sleep(PERIOD)  # at most one message a PERIOD, however fast things change (or wake-ups come)
 
     # -- commands from the frontend (the kernel's shell thread) ----------------------------------
 
