@@ -120,7 +120,8 @@ class _Toolbar:
         import comm
 
         comm.get_comm_manager().register_target(TARGET, self._frontend_opened)
-        self._add(comm.create_comm(target_name=TARGET, data=self._state_or_none() or {}))
+        self._last = self._state_or_none()
+        self._add(comm.create_comm(target_name=TARGET, data=self._last or {}))
         self._thread = threading.Thread(target=self._publish, name="ipyparallel_ext-toolbar", daemon=True)
         self._thread.start()
 
@@ -176,7 +177,8 @@ class _Toolbar:
             else:
                 raise ValueError(f"unknown toolbar message {data!r}: expected type 'autopx' or 'interrupt'")
         except Exception as exc:
-            comm = next((c for c in self._comms if c.comm_id == msg["content"]["comm_id"]), None)
+            with self._comms_lock:
+                comm = next((c for c in self._comms if c.comm_id == msg["content"]["comm_id"]), None)
             if comm is not None:
                 comm.send({"type": "error", "message": f"{type(exc).__name__}: {exc}"})
         self._wake.set()
