@@ -9,19 +9,25 @@ once.  One :class:`_Toolbar` per kernel serves every comm::
     publisher thread (every 0.25 s) --call_in_loop--> client's I/O thread: engines, busy, queued
          |  on change, at most 4 a second
          v
-    comm.send {"type": "state", "engines", "busy", "queued", "autopx", "cluster_id"}   (IOPub)
+    comm.send {"type": "state", "engines", "busy", "queued", "autopx", "cluster_id", "kernel_busy"}
 
     frontend --comm_msg {"type": "autopx", "on": bool} | {"type": "interrupt"}--> kernel (shell)
 
 The state is the client's own view: ``engines`` it is connected to,
 ``busy`` engines running a request of this client, ``queued`` tasks of
 this client not running yet (waiting on an engine or in the load
-balancer).  It follows the client the ``%px`` magics are bound to (else the
-latest one connected).  Commands arrive on the kernel's shell channel, so
-they wait while a cell runs: the frontend interrupts the kernel itself then,
-and a blocking ``%px`` turns that KeyboardInterrupt into interrupting its
-engines (:mod:`.._magics`).  ``interrupt`` aborts this client's tasks that
-have not started and interrupts the engines running its requests.
+balancer); ``kernel_busy`` says a cell is running in the kernel.  It
+follows the client the ``%px`` magics are bound to (else the latest one
+connected).  ``interrupt`` aborts this client's tasks that have not started
+and interrupts the engines running its requests.
+
+Commands arrive on the kernel's shell channel.  A kernel with subshells
+(ipykernel 7, JupyterLab 4.4+ sends comm messages on a subshell of their
+own) runs them at once, even while a cell runs: interrupting the engines
+then ends a blocking ``%px`` with their KeyboardInterrupts.  Without
+subshells they wait for the running cell, so while ``kernel_busy`` the
+frontend interrupts the kernel itself, and a blocking ``%px`` turns that
+KeyboardInterrupt into interrupting its engines (:mod:`.._magics`).
 """
 
 from __future__ import annotations
@@ -81,11 +87,11 @@ class _Toolbar:
     def __init__(self, shell):
         self.shell = shell
         self._client = lambda: None  # weak reference to the latest client connected
-        self._comms: list = []
+        self._comms: dict = {}  # comm -> the last state it was sent (None: nothing yet)
         self._comms_lock = threading.Lock()
         self._wake = threading.Event()
-        self._last = None
         self._thread = None
+        self._cells = 0  # cells running now (a cell may run another: %%px --local)
 
     # -- which client, and its state -------------------------------------------------------
 
@@ -104,12 +110,21 @@ class _Toolbar:
         client = self.client()
         magics = _px_magics(self.shell)
         autopx = magics is not None and magics._autopx is not None
-        if client is None:
-            return {"type": "state", "engines": 0, "busy": 0, "queued": 0, "autopx": autopx, "cluster_id": None}
-        engines, busy, queued = client.call_in_loop(_snapshot, client, timeout=_SNAPSHOT_TIMEOUT)
-        cluster = client.cluster
-        return {"type": "state", "engines": engines, "busy": busy, "queued": queued, "autopx": autopx,
-                "cluster_id": cluster.cluster_id if cluster is not None else None}
+        state = {"type": "state", "engines": 0, "busy": 0, "queued": 0, "autopx": autopx, "cluster_id": None,
+                 "kernel_busy": self._cells > 0}
+        if client is not None:
+            state["engines"], state["busy"], state["queued"] = client.call_in_loop(
+                _snapshot, client, timeout=_SNAPSHOT_TIMEOUT)
+            state["cluster_id"] = client.cluster.cluster_id if client.cluster is not None else None
+        return state
+
+    def _cell_started(self, *args) -> None:
+        self._cells += 1
+        self._wake.set()
+
+    def _cell_finished(self, *args) -> None:
+        self._cells = max(0, self._cells - 1)  # the cell that made the first Client was not counted
+        self._wake.set()
 
     # -- comms ------------------------------------------------------------------------------
 
@@ -120,26 +135,31 @@ class _Toolbar:
         import comm
 
         comm.get_comm_manager().register_target(TARGET, self._frontend_opened)
-        self._last = self._state_or_none()
-        self._add(comm.create_comm(target_name=TARGET, data=self._last or {}))
+        self.shell.events.register("pre_run_cell", self._cell_started)
+        self.shell.events.register("post_run_cell", self._cell_finished)
+        state = self._state_or_none()
+        self._add(comm.create_comm(target_name=TARGET, data=state or {}), state)
         self._thread = threading.Thread(target=self._publish, name="ipyparallel_ext-toolbar", daemon=True)
         self._thread.start()
 
     def _frontend_opened(self, comm, open_msg) -> None:
-        self._add(comm)
-        self._last = None  # the new comm needs the state even if it did not change
+        self._add(comm, None)  # sent the state at the publisher's next look
         self._wake.set()
 
-    def _add(self, comm) -> None:
+    def _add(self, comm, sent) -> None:
+        # ipykernel 7 sends a frontend's message for a comm to the subshell of the last message
+        # the comm published (for widgets' request/reply pairs). Ours publish from a thread, under
+        # the running cell's parent (the main shell), which would queue the toolbar's commands
+        # behind that very cell: keep the subshell the frontend chose instead.
+        comm._reply_subshell_for = lambda data, default: default
         comm.on_msg(self._on_msg)
         comm.on_close(lambda msg, comm=comm: self._remove(comm))
         with self._comms_lock:
-            self._comms.append(comm)
+            self._comms[comm] = sent
 
     def _remove(self, comm) -> None:
         with self._comms_lock:
-            if comm in self._comms:
-                self._comms.remove(comm)
+            self._comms.pop(comm, None)
 
     def _state_or_none(self):
         try:
@@ -153,14 +173,18 @@ class _Toolbar:
             self._wake.wait(PERIOD)
             self._wake.clear()
             with self._comms_lock:
-                comms = list(self._comms)
-            if not comms:
-                continue
+                if not self._comms:
+                    continue
             state = self._state_or_none()
-            if state is None or state == self._last:
+            if state is None:
                 continue
-            self._last = state
-            for comm in comms:
+            with self._comms_lock:  # each comm gets what it has not been sent (a new one: all)
+                behind = [comm for comm, sent in self._comms.items() if sent != state]
+                for comm in behind:
+                    self._comms[comm] = state
+            if not behind:
+                continue
+            for comm in behind:
                 comm.send(state)
             time.sleep(PERIOD)  # at most one message a PERIOD, however fast things change (or wake-ups come)
 
