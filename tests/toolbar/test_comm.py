@@ -19,6 +19,7 @@ import uuid
 
 import pytest
 from _server_fixture import REPO
+from conftest import wait_until
 from jupyter_client.manager import KernelManager
 
 import ipyparallel_ext as ipp
@@ -155,6 +156,17 @@ def frontend(env, cluster_id):
         frontend.close()
 
 
+def _sleeping(folder) -> str:
+    """Code for engines: say it started (a file in ``folder``), then sleep until interrupted."""
+    return (f"import os, time; open(os.path.join({str(folder)!r}, str(os.getpid())), 'w').close();"
+            f" time.sleep({_SLEEP})")
+
+
+def _wait_started(folder, n=2) -> None:
+    """Wait until ``n`` engines run the code of :func:`_sleeping` (ipykernel ignores SIGINT between requests)."""
+    assert wait_until(lambda: len(os.listdir(folder)) >= n, timeout=_WAIT), os.listdir(folder)
+
+
 def _connect(frontend, cluster_id) -> str:
     """Make the kernel's Client; the id of the comm the kernel opens for it."""
     content, _out = frontend.execute(f"import ipyparallel_ext as ipp\nrc = ipp.Client(cluster_id={cluster_id!r})")
@@ -163,18 +175,18 @@ def _connect(frontend, cluster_id) -> str:
     assert opened["content"]["target_name"] == TARGET
     state = opened["content"]["data"]
     assert state == {"type": "state", "engines": 2, "busy": 0, "queued": 0, "autopx": False,
-                     "cluster_id": cluster_id}
+                     "cluster_id": cluster_id, "kernel_busy": False}
     return opened["content"]["comm_id"]
 
 
-def test_state_and_commands_over_the_kernel_opened_comm(frontend, cluster_id):
+def test_state_and_commands_over_the_kernel_opened_comm(frontend, cluster_id, tmp_path):
     comm_id = _connect(frontend, cluster_id)
 
     # Work submitted without blocking: busy engines and a queued task, then the toolbar's interrupt.
-    content, _out = frontend.execute(f"ar = rc[:].execute('import time; time.sleep({_SLEEP})')\n"
-                                     f"ar2 = rc[0].apply_async(lambda: 1)")
+    content, _out = frontend.execute(f"ar = rc[:].execute({_sleeping(tmp_path)!r})\nar2 = rc[0].apply_async(lambda: 1)")
     assert content["status"] == "ok", content
     frontend.state(comm_id, busy=2, queued=1, engines=2)
+    _wait_started(tmp_path)
     frontend.comm_send(comm_id, {"type": "interrupt"})
     frontend.state(comm_id, busy=0, queued=0)
     _content, out = frontend.execute("ar.wait(30); print(ar.done(), type(ar.exception()).__name__)\n"
@@ -213,11 +225,12 @@ def test_a_frontend_opens_its_own_comm(frontend, cluster_id):
     frontend.state(comm_id, autopx=True)
 
 
-def test_interrupting_the_kernel_during_a_blocking_px_interrupts_its_engines(frontend, cluster_id):
+def test_interrupting_the_kernel_during_a_blocking_px_interrupts_its_engines(frontend, cluster_id, tmp_path):
     comm_id = _connect(frontend, cluster_id)
     start = len(frontend.log)
-    msg_id = frontend.kc.execute(f"%px import time; time.sleep({_SLEEP})")
-    frontend.state(comm_id, busy=2)
+    msg_id = frontend.kc.execute(f"%px {_sleeping(tmp_path)}")
+    frontend.state(comm_id, busy=2, kernel_busy=True)  # the frontend knows to interrupt the kernel
+    _wait_started(tmp_path)
     frontend.km.interrupt_kernel()
     reply = frontend.kc.get_shell_msg(timeout=_WAIT)
     assert reply["parent_header"]["msg_id"] == msg_id
@@ -225,10 +238,31 @@ def test_interrupting_the_kernel_during_a_blocking_px_interrupts_its_engines(fro
     # The cell shows each engine's own KeyboardInterrupt, raised in its time.sleep.
     out = frontend.outputs(msg_id, start)
     assert out.count("KeyboardInterrupt") >= 2 and "sending SIGINT to engine(s) [0, 1]" in out, out
-    frontend.state(comm_id, busy=0)
+    frontend.state(comm_id, busy=0, kernel_busy=False)
     # The engines are free again: a new cell runs on them well before their sleep would have ended.
     _content, out = frontend.execute("%px print('free')", timeout=_WAIT)
     assert out.count("free") == 2, out
+
+
+def test_a_command_on_a_subshell_runs_while_a_cell_runs(frontend, cluster_id, tmp_path):
+    # JupyterLab 4.4+ sends comm messages on a kernel subshell of their own (ipykernel 7): the
+    # toolbar's interrupt then reaches the kernel during a blocking %px, which ends with the
+    # engines' KeyboardInterrupts.
+    comm_id = _connect(frontend, cluster_id)
+    frontend.kc.control_channel.send(frontend.kc.session.msg("create_subshell_request", {}))
+    subshell = frontend.kc.control_channel.get_msg(timeout=_WAIT)["content"]["subshell_id"]
+    start = len(frontend.log)
+    msg_id = frontend.kc.execute(f"%px {_sleeping(tmp_path)}")
+    frontend.state(comm_id, busy=2, kernel_busy=True)
+    _wait_started(tmp_path)
+    command = frontend.kc.session.msg("comm_msg", {"comm_id": comm_id, "data": {"type": "interrupt"}})
+    command["header"]["subshell_id"] = subshell
+    frontend.kc.shell_channel.send(command)
+    reply = frontend.kc.get_shell_msg(timeout=_WAIT)
+    assert reply["parent_header"]["msg_id"] == msg_id
+    assert reply["content"]["status"] == "error"
+    assert frontend.outputs(msg_id, start).count("KeyboardInterrupt") >= 2
+    frontend.state(comm_id, busy=0, kernel_busy=False)
 
 
 def test_nothing_happens_outside_a_kernel(cluster_id, env, monkeypatch):
