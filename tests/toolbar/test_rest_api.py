@@ -325,3 +325,17 @@ async def _busy_from_signed_status(tmp_path):
 
 def test_busy_comes_from_signed_status_messages_only(tmp_path):
     asyncio.run(_busy_from_signed_status(tmp_path))
+
+
+def test_an_mpi_cluster_from_the_api(server):
+    cluster_id = _new_id()
+    response = server.request("POST", API, json={"n": 2, "cluster_id": cluster_id, "engines": "mpi"}, timeout=_START)
+    assert response.status_code == 201, response.text
+    model = _until(server, cluster_id, engines_alive=2, engines_busy=0)
+    assert model["launcher"] == "mpi"
+    [engine_set] = model["sets"].values()
+    assert (engine_set["launcher"], engine_set["ranks"]) == ("mpi", 2)  # what the launcher reports
+    assert _cli_listed(server)[cluster_id]["launcher"] == "mpi"
+    bad = server.request("POST", API, json={"n": 1, "engines": "mpi", "launcher_options": {"no_such": 1}})
+    assert bad.status_code == 400 and bad.json()["message"].startswith("launcher_options"), bad.text
+    assert server.request("DELETE", f"{API}/{cluster_id}", timeout=_START).status_code == 204
