@@ -39,10 +39,20 @@ import time
 
 import zmq
 
+try:
+    import resource
+except ImportError:  # Windows: no rlimits to raise
+    resource = None
+
 log = logging.getLogger("ipyparallel_ext")
 
 STALL_SLACK = 0.25  # a wake-up this late, or an iteration this long (s), is a stall
 STALL_NOTE = 1.0  # stalls at least this long are logged (at INFO)
+# File descriptors per socket: its TCP connection and its zmq mailbox, plus
+# room for reconnects and for what a local engine costs its Cluster (a log file).
+FDS_PER_SOCKET = 3
+FD_SPARE = 256  # descriptors left for everything else in the process
+MAX_SOCKETS = 16384  # zmq's default (1023) is 255 engines of 4 sockets
 
 
 _shared = None
@@ -62,7 +72,15 @@ class IOLoop:
     """A poller loop in a daemon thread; see the module docstring."""
 
     def __init__(self, context: zmq.Context | None = None):
-        self.context = context or zmq.Context.instance()
+        self._own_context = context is None
+        if context is None:
+            # Our own context, so that its socket limit can be raised before
+            # its first socket (libzmq sizes it then); Context.instance()
+            # may already be in use elsewhere in the process.
+            context = zmq.Context()
+            context.set(zmq.MAX_SOCKETS, min(MAX_SOCKETS, context.get(zmq.SOCKET_LIMIT)))
+        self.context = context
+        self._fd_room = 0  # sockets the file-descriptor limit is known to allow (see add_socket)
         self._poller = zmq.Poller()
         self._handlers: dict = {}
         self._calls: collections.deque = collections.deque()
@@ -122,6 +140,8 @@ class IOLoop:
 
     def add_socket(self, socket: zmq.Socket, on_message) -> None:
         """Call ``on_message(frames)`` for every multipart message ``socket`` receives."""
+        if len(self._handlers) >= self._fd_room:
+            self._fd_room = _make_fd_room(2 * len(self._handlers) + 64)
         self._handlers[socket] = on_message
         self._poller.register(socket, zmq.POLLIN)
 
@@ -243,3 +263,36 @@ class IOLoop:
             self.remove_socket(socket)
         os.close(self._wake_r)
         os.close(self._wake_w)
+        if self._own_context:
+            self.context.destroy(linger=0)
+
+
+_fd_warned = False
+
+
+def _make_fd_room(sockets: int) -> int:
+    """Raise the soft RLIMIT_NOFILE (towards the hard one) to fit ``sockets``; return how many fit.
+
+    A common soft limit of 1024 holds about 80 engines' sockets; the hard
+    limit is usually far higher, and any process may raise its soft limit
+    up to it.  Past the hard limit, one warning says what to do.
+    """
+    global _fd_warned
+    if resource is None:
+        return sockets
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    needed = sockets * FDS_PER_SOCKET + FD_SPARE
+    if soft != resource.RLIM_INFINITY and soft < needed:
+        new = needed if hard == resource.RLIM_INFINITY else min(hard, needed)
+        if new > soft:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (new, hard))
+            log.debug("raised the open-file limit from %s to %s for %s sockets", soft, new, sockets)
+            soft = new
+        if soft < needed and not _fd_warned:
+            _fd_warned = True
+            log.warning("the open-file limit (%s, hard limit %s) fits about %s engines; connecting more"
+                        " fails with 'Too many open files': raise it (ulimit -n, or the hard limit"
+                        " in /etc/security/limits.conf)", soft, hard, (soft - FD_SPARE) // (4 * FDS_PER_SOCKET))
+    if soft == resource.RLIM_INFINITY:
+        return sockets
+    return max(1, (soft - FD_SPARE) // FDS_PER_SOCKET)

@@ -8,11 +8,13 @@ process started (:class:`AttachedEngine`, for ``Cluster.from_dict``).
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import os
 import signal
 import sys
 import threading
 import time
+import weakref
 
 import zmq
 import zmq.asyncio
@@ -27,6 +29,17 @@ from ._launcher import EngineSet, LaunchContext, Launcher
 _ATTACHED_STOP_WAIT = 5.0  # seconds an engine of another process gets to exit after SIGTERM
 _PORT_TRIES = 3  # starts of a kernel on fresh ports before its failure is left to its clients to report
 _EXIT_CHECK = 0.1  # how often a starting kernel's process is checked while its heartbeat is awaited
+# Kernels starting at once per CPU.  A start is ~0.45 s of CPU (imports), so a
+# few per core keep the CPUs busy; 128 at once would make each take a minute
+# and run into its timeout.
+_START_SLOTS_PER_CPU = 4
+# Seconds a kernel gets to exit after its shutdown request (jupyter_client's
+# shutdown_wait_time: SIGTERM at half of it, SIGKILL at the end).  A stock
+# kernel's exit costs ~0.1-0.15 s of CPU (IPython's atexit reset runs a full
+# gc.collect), so 128 engines exiting on 2 cores would take 8-10 s if all
+# were waited for.
+_STOP_GRACE = 3.0
+_CANCEL_WAIT = 30.0  # seconds an interrupted Cluster call waits for its cleanup (kernels it started stopped)
 
 ENGINE_KERNEL_NAME = "ipyparallel-ext-engine"
 
@@ -76,12 +89,35 @@ class LoopThread:
         self.thread.start()
 
     def run(self, coro, timeout=None):
-        """Run ``coro`` on the loop and wait for its result (from any other thread)."""
+        """Run ``coro`` on the loop and wait for its result (from any other thread).
+
+        Interrupted (Ctrl-C) or past ``timeout``, the coroutine is cancelled
+        and its cleanup awaited (up to :data:`_CANCEL_WAIT`) before the
+        exception propagates: a start cancelled half-way stops the kernels
+        it started, a stop kills those still running, rather than going on
+        behind the caller's back.
+        """
         if threading.current_thread() is self.thread:
             coro.close()
             raise RuntimeError("a *_sync Cluster method was called on the cluster's own loop thread,"
                                " where it would wait for itself: await the async method instead")
-        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
+        started, finished = threading.Event(), threading.Event()
+
+        async def tracked():
+            started.set()
+            try:
+                return await coro
+            finally:
+                finished.set()
+
+        future = asyncio.run_coroutine_threadsafe(tracked(), self.loop)
+        try:
+            return future.result(timeout)
+        except (KeyboardInterrupt, concurrent.futures.TimeoutError):
+            future.cancel()
+            if started.is_set():
+                finished.wait(_CANCEL_WAIT)
+            raise
 
     def close(self, timeout: float = 5.0) -> None:
         """Cancel what still runs on the loop (auto-restart watchers), stop it, end the thread."""
@@ -195,33 +231,102 @@ async def stop_kernel(km) -> None:
         await km.shutdown_kernel(now=True)
 
 
+async def stop_kernels(managers) -> None:
+    """Stop kernels in parallel (:func:`stop_kernel`); cancelled (Ctrl-C), kill the rest at once.
+
+    All shutdown requests go out together, and each kernel is waited for
+    at most its ``shutdown_wait_time`` (:data:`_STOP_GRACE` for ours), so
+    stopping many engines takes about as long as stopping one.
+    """
+    try:
+        await asyncio.gather(*(stop_kernel(km) for km in managers), return_exceptions=True)
+    except asyncio.CancelledError:
+        kill_now(managers)
+        raise
+
+
+def kill_now(managers) -> None:
+    """SIGKILL the kernels of ``managers`` that still run, and reap them (no awaiting: cleanup paths)."""
+    processes = [p for p in (getattr(getattr(km, "provisioner", None), "process", None) for km in managers)
+                 if p is not None]
+    for process in processes:
+        if process.poll() is None:
+            process.kill()
+    deadline = time.monotonic() + _ATTACHED_STOP_WAIT
+    for process in processes:
+        try:
+            process.wait(max(0.0, deadline - time.monotonic()))
+        except Exception:  # noqa: BLE001 - a zombie left behind is reaped by subprocess later
+            pass
+
+
+_slots: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # event loop -> its start semaphore
+
+
+def start_slots() -> asyncio.Semaphore:
+    """The running loop's semaphore bounding how many kernels start at once (starts and restarts)."""
+    loop = asyncio.get_running_loop()
+    if loop not in _slots:
+        _slots[loop] = asyncio.Semaphore(_START_SLOTS_PER_CPU * (os.cpu_count() or 1))
+    return _slots[loop]
+
+
 async def start_listening(start, log_path: str, timeout: float):
     """Start a kernel with ``await start(fresh)`` until it has bound its ports; return its manager.
 
     jupyter_client picks free ports and the kernel binds them half a second
     later; meanwhile any other process may take one (outgoing connections
-    use the same port range), and the kernel dies with "Address already in
-    use".  Such a kernel is started again by a fresh manager (``fresh=True``:
-    new ports), as jupyter_client's restarter does with
-    ``random_ports_until_alive``.  A kernel that dies of anything else, or
-    is slow, is left to its clients to report: they name the cause and show
-    the end of its log.
+    use the same port range: a client of 128 engines makes 512 of them), and
+    the kernel fails with "Address already in use".  It exits if that was
+    a shell, control or IOPub port, but lives on *without a heartbeat* if
+    it was the heartbeat's (ipykernel binds that in a thread, which dies
+    alone).  Either way such a kernel is killed and started again by a
+    fresh manager (``fresh=True``: new ports), as jupyter_client's restarter
+    does with ``random_ports_until_alive``; at most :data:`_PORT_TRIES`
+    times.  At most :func:`start_slots` kernels start at once, and
+    ``timeout`` counts from a kernel's own start.  A kernel that dies of
+    anything else, or is slow, is left to its clients to report: they name
+    the cause and show the end of its log.
     """
     for attempt in range(_PORT_TRIES):
         log_start = os.path.getsize(log_path) if os.path.exists(log_path) else 0
-        km = await start(attempt > 0)
-        code = await _heartbeat_or_exit(km, timeout)
-        if code is None or attempt == _PORT_TRIES - 1 or not _said_port_taken(log_path, log_start):
+        async with start_slots():
+            km = await start(attempt > 0)
+            port_taken = await _wait_listening(km, timeout, log_path, log_start)
+        if not port_taken or attempt == _PORT_TRIES - 1:
             return km
         await km.shutdown_kernel(now=True)  # reaps it and frees its connection file for the next
 
 
-async def _heartbeat_or_exit(km, timeout: float):
-    """None once the kernel echoes a heartbeat (its ports are all bound), or its exit code if it dies first."""
+async def _wait_listening(km, timeout: float, log_path: str, log_start: int) -> bool:
+    """Wait until the kernel echoes a heartbeat (its ports are all bound), dies, or says a port was taken.
+
+    True if its log says a port it was given was taken ("Address already
+    in use"), else False (listening, dead of something else, or slow: its
+    clients wait for it and say so).
+    """
     process = getattr(km.provisioner, "process", None)
-    await heartbeat(heartbeat_address(km.transport, km.ip, km.hb_port), timeout, process)
-    # Not answered in time: slow, not dead (None), its clients wait for it and say so.
-    return None if process is None else process.poll()
+    said = _LogWatch(log_path, log_start)
+    await heartbeat(heartbeat_address(km.transport, km.ip, km.hb_port), timeout, process, give_up=said)
+    return said()
+
+
+class _LogWatch:
+    """Called: True once a kernel's log, from offset ``since``, says a port it was given was taken.
+
+    The file is read again only when it has grown.
+    """
+
+    def __init__(self, log_path: str, since: int):
+        self.log_path, self.since, self.size, self.taken = log_path, since, since, False
+
+    def __call__(self) -> bool:
+        if not self.taken:
+            size = _file_size(self.log_path)
+            if size != self.size:
+                self.size = size
+                self.taken = _said_port_taken(self.log_path, self.since)
+        return self.taken
 
 
 def heartbeat_address(transport: str, ip: str, port: int) -> str:
@@ -229,8 +334,9 @@ def heartbeat_address(transport: str, ip: str, port: int) -> str:
     return f"ipc://{ip}-{port}" if transport == "ipc" else f"{transport}://{ip}:{port}"
 
 
-async def heartbeat(address: str, timeout: float, process=None) -> bool:
-    """True once the kernel at ``address`` echoes a ping; False after ``timeout`` or once ``process`` exits."""
+async def heartbeat(address: str, timeout: float, process=None, give_up=None) -> bool:
+    """True once the kernel at ``address`` echoes a ping; False after ``timeout``, once ``process``
+    exits, or once ``give_up()`` (checked every :data:`_EXIT_CHECK` s) says there is no point waiting."""
     sock = zmq.asyncio.Context.instance().socket(zmq.DEALER)
     sock.linger = 0
     sock.connect(address)
@@ -242,9 +348,18 @@ async def heartbeat(address: str, timeout: float, process=None) -> bool:
                 return True
             if process is not None and process.poll() is not None:
                 return False
+            if give_up is not None and give_up():
+                return False
         return False
     finally:
         sock.close()
+
+
+def _file_size(path: str) -> int:
+    try:
+        return os.path.getsize(path)
+    except OSError:
+        return 0
 
 
 def _said_port_taken(log_path: str, since: int) -> bool:
@@ -266,11 +381,17 @@ class LocalEngineSet(EngineSet):
         super().__init__()
         self.ctx = ctx
         self.logs: dict = {}  # engine id -> its open log file
+        self.starting: dict = {}  # engine id -> the manager of a kernel being started (for cleanup)
 
     def _new_manager(self, engine_id: int) -> AsyncKernelManager:
-        km = AsyncKernelManager(kernel_name=self.ctx.kernel_name, kernel_spec_manager=self.ctx.spec_manager)
+        # One shared zmq context: a manager's own would start two zmq threads
+        # per kernel for the one shutdown request it sends.
+        km = AsyncKernelManager(kernel_name=self.ctx.kernel_name, kernel_spec_manager=self.ctx.spec_manager,
+                                context=zmq.asyncio.Context.instance())
         km.ip = self.ctx.ip
         km.connection_file = os.path.join(self.ctx.folder, f"engine-{engine_id}.json")
+        km.shutdown_wait_time = _STOP_GRACE
+        self.starting[engine_id] = km
         return km
 
     def _launch_kwargs(self, engine_id: int) -> dict:
@@ -291,8 +412,10 @@ class LocalEngineSet(EngineSet):
         try:
             self.engines[engine_id] = await start_listening(start, log.name, self.ctx.timeout)
         except BaseException:
+            kill_now([self.starting.pop(engine_id)] if engine_id in self.starting else [])
             self.logs.pop(engine_id).close()
             raise
+        self.starting.pop(engine_id, None)
 
     async def restart(self, engine_id: int) -> None:
         km = self.engines[engine_id]
@@ -305,15 +428,20 @@ class LocalEngineSet(EngineSet):
             await new.start_kernel(**self._launch_kwargs(engine_id))
             return new
 
-        self.engines[engine_id] = await start_listening(start, self.logs[engine_id].name, self.ctx.timeout)
+        try:
+            self.engines[engine_id] = await start_listening(start, self.logs[engine_id].name, self.ctx.timeout)
+        finally:
+            self.starting.pop(engine_id, None)
 
     async def stop(self, engine_ids) -> None:
         managers = [self.engines.pop(i) for i in engine_ids if i in self.engines]
-        await asyncio.gather(*(stop_kernel(km) for km in managers), return_exceptions=True)
-        for i in engine_ids:
-            log = self.logs.pop(i, None)
-            if log is not None:
-                log.close()
+        try:
+            await stop_kernels(managers)
+        finally:
+            for i in engine_ids:
+                log = self.logs.pop(i, None)
+                if log is not None:
+                    log.close()
 
     def process(self, engine_id: int):
         return getattr(self.engines[engine_id].provisioner, "process", None)
@@ -335,9 +463,21 @@ class LocalLauncher(Launcher):
     name = "local"
 
     async def start(self, ctx: LaunchContext) -> LocalEngineSet:
+        """Start the kernels in parallel, at most :func:`start_slots` at a time.
+
+        Cancelled (Ctrl-C, a timeout), every kernel started or starting is
+        killed before the cancellation propagates.
+        """
         engine_set = LocalEngineSet(ctx)
-        results = await asyncio.gather(*(engine_set.start_one(i) for i in ctx.engine_ids),
-                                       return_exceptions=True)
+        starts = [asyncio.ensure_future(engine_set.start_one(i)) for i in ctx.engine_ids]
+        try:
+            results = await asyncio.gather(*starts, return_exceptions=True)
+        except asyncio.CancelledError:
+            for task in starts:
+                task.cancel()
+            await asyncio.gather(*starts, return_exceptions=True)  # each kills its own kernel
+            kill_now(list(engine_set.engines.values()))
+            raise
         errors = [r for r in results if isinstance(r, BaseException)]
         if errors:
             await engine_set.stop(list(engine_set.engines))
@@ -360,7 +500,7 @@ class AttachedEngineSet(EngineSet):
 
     async def stop(self, engine_ids) -> None:
         handles = [self.engines.pop(i) for i in engine_ids if i in self.engines]
-        await asyncio.gather(*(stop_kernel(h) for h in handles), return_exceptions=True)
+        await stop_kernels(handles)
 
     def state(self, engine_id: int) -> str:
         return "running" if self.engines[engine_id].is_running() else "dead"

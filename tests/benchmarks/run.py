@@ -1,6 +1,8 @@
 """Side-by-side benchmarks of ipyparallel 9.2 and ipyparallel_ext on the same workloads.
 
-Run ``python tests/benchmarks/run.py`` (``--help`` for options). The parent process starts one
+Run ``python tests/benchmarks/run.py`` (``--help`` for options); ``--scale`` runs the scale
+benchmarks of ``scale.py`` instead (ipyparallel_ext, ipyparallel and dask.distributed at 2 to 128
+engines). The parent process starts one
 child process per library (``import ipyparallel as ipp`` / ``import ipyparallel_ext as ipp``),
 each running every workload through exactly the same code, and prints one table comparing them
 against the project's targets. Children report through a JSON file rewritten after every workload,
@@ -790,9 +792,14 @@ def main(argv=None) -> int:
     ap.add_argument("--child", choices=list(MODULES), help=argparse.SUPPRESS)
     ap.add_argument("--out", help=argparse.SUPPRESS)
     ap.add_argument("--log", help=argparse.SUPPRESS)
+    import scale  # this folder is sys.path[0]; imported here, as it imports this file's helpers
+
+    scale.add_arguments(ap)
     args = ap.parse_args(argv)
     if args.repeat is not None and args.repeat < 1:
         ap.error("--repeat must be at least 1")
+    if args.scale:
+        return scale.parent_main(args)
     if args.child:
         child_main(args)
         return 0
