@@ -263,11 +263,16 @@ def kill_now(managers) -> None:
 _slots: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # event loop -> its start semaphore
 
 
+def _slot_count() -> int:
+    """How many kernels may start at once: :data:`_START_SLOTS_PER_CPU` per CPU."""
+    return _START_SLOTS_PER_CPU * (os.cpu_count() or 1)
+
+
 def start_slots() -> asyncio.Semaphore:
     """The running loop's semaphore bounding how many kernels start at once (starts and restarts)."""
     loop = asyncio.get_running_loop()
     if loop not in _slots:
-        _slots[loop] = asyncio.Semaphore(_START_SLOTS_PER_CPU * (os.cpu_count() or 1))
+        _slots[loop] = asyncio.Semaphore(_slot_count())
     return _slots[loop]
 
 

@@ -7,10 +7,10 @@ cluster, runs every workload through one adapter per library, stops its cluster 
 JSON file after every workload (a child killed on its deadline still leaves what it measured).
 The parent writes a markdown table, a PNG plot and the raw JSON into ``--scale-out``.
 
-Bounded: every workload has its own deadline, every child a budget, and a library is not run at
+Bounded: every workload has its own deadline and every child a budget; a library is not run at
 a size where the smaller size predicts it would need more than ``--max-start`` seconds to start
-or more memory than the machine has available; the run prints its worst-case bound before it
-starts.
+or more memory than the machine has available; and no child starts once the run has taken
+``--budget`` minutes (default 60), so a run ends within that plus one child's budget.
 
 "Engines" are kernels for ipyparallel_ext, ipengines for ipyparallel, and single-threaded worker
 processes (with their nannies) for dask (``LocalCluster(n_workers=N, threads_per_worker=1,
@@ -77,9 +77,13 @@ def start_budget(n: int) -> float:
     return 120 + 3.0 * n
 
 
+WORKLOAD_DEADLINES = {"apply_all": 120, "px": 120, "tiny": 180, "sleep": 120, "scatter_gather": 180,
+                      "broadcast": 120, "stop": 120}
+
+
 def child_budget(n: int) -> float:
     """Seconds a whole child may take (its own deadlines normally fire first)."""
-    return start_budget(n) + 10 * 120 + 60
+    return start_budget(n) + sum(WORKLOAD_DEADLINES.values()) + 60
 
 
 # --------------------------------------------------------------------------------------------
@@ -319,15 +323,9 @@ class ScaleChild(common.Child):
 
     def run(self):
         n = self.n
-        workloads = [("apply_all", 120, self.wl_apply_all)]
-        if self.lib != "dask":
-            workloads.append(("px", 120, self.wl_px))
-        workloads += [
-            ("tiny", 180, self.wl_tiny),
-            ("sleep", 120, self.wl_sleep),
-        ]
-        if n == DATA_ENGINES:
-            workloads += [("scatter_gather", 180, self.wl_scatter_gather), ("broadcast", 120, self.wl_broadcast)]
+        names = ["apply_all", "px", "tiny", "sleep"] + (["scatter_gather", "broadcast"] if n == DATA_ENGINES else [])
+        workloads = [(name, WORKLOAD_DEADLINES[name], getattr(self, f"wl_{name}")) for name in names
+                     if not (name == "px" and self.lib == "dask")]  # dask has no %px
         try:
             self.lib_adapter = (DaskAdapter if self.lib == "dask" else IppAdapter)(self.lib)
         except Exception as e:
@@ -344,7 +342,7 @@ class ScaleChild(common.Child):
             for name, timeout, fn in workloads:
                 self.record(name, timeout, fn)
         finally:
-            self.record("stop", 120, self.wl_stop)
+            self.record("stop", WORKLOAD_DEADLINES["stop"], self.wl_stop)
 
     def wl_start(self):
         gc.collect()
@@ -398,6 +396,8 @@ class ScaleChild(common.Child):
     def wl_scatter_gather(self):
         import numpy as np
 
+        # Warm-up: the engines' first array makes them import numpy (a fraction of a second each)
+        self.lib_adapter.scatter_gather(np.arange(1000.0))
         arr = np.random.default_rng(0).random(self.P.scatter_mb * MB // 8)
         t_scatter, t_gather, got = self.lib_adapter.scatter_gather(arr)
         if got.shape != arr.shape or digest(got) != digest(arr):
@@ -410,6 +410,7 @@ class ScaleChild(common.Child):
     def wl_broadcast(self):
         import numpy as np
 
+        self.lib_adapter.broadcast(np.arange(1000.0))  # warm-up, as for scatter
         arr = np.random.default_rng(1).random(self.P.push_mb * MB // 8)
         seconds, digests = self.lib_adapter.broadcast(arr)
         want = digest(arr)
@@ -432,7 +433,7 @@ class ScaleChild(common.Child):
         finally:
             timer.cancel()
         del work
-        engines = [p for p in psutil.Process().children(recursive=True)]
+        engines = [p for p in psutil.Process().children(recursive=True) if not _is_tracker(p)]
         t0 = time.perf_counter()
         self.lib_adapter.stop()
         seconds = time.perf_counter() - t0
@@ -440,8 +441,17 @@ class ScaleChild(common.Child):
         return {"s": seconds, "left_running": len(alive)}, {"interrupted": interrupted}
 
 
+def _is_tracker(p) -> bool:
+    """Python's multiprocessing resource tracker (dask starts one): it exits by itself after its parent."""
+    with contextlib.suppress(psutil.Error):
+        return "multiprocessing.resource_tracker" in " ".join(p.cmdline())
+    return False
+
+
 def child_main(args) -> None:
     signal.signal(signal.SIGTERM, common.on_sigterm)
+    # A run started in the background inherits SIGINT ignored; the stop workload's Ctrl-C needs it.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     progress = open(os.dup(2), "w", buffering=1)  # noqa: SIM115 - lives as long as the child
     with open(args.log, "ab") as log:
         os.dup2(log.fileno(), 1)
@@ -451,7 +461,7 @@ def child_main(args) -> None:
         child.run()
     finally:
         leaked = common.reap_descendants(grace=10)
-        child.data["leaked"] = leaked
+        child.data["leaked"] = [p for p in leaked if "multiprocessing.resource_tracker" not in p]
         child.save()
         if leaked:
             child.say(f"LEAKED processes (killed): {leaked}")
@@ -678,7 +688,7 @@ def run_child(lib: str, n: int, args, workdir: Path):
         if isinstance(e, KeyboardInterrupt):
             common.reap_descendants(grace=5)
             raise
-    leaked = common.reap_descendants(grace=10)
+    leaked = [p for p in common.reap_descendants(grace=10) if "multiprocessing.resource_tracker" not in p]
     result = json.loads(out.read_text()) if out.exists() else {"workloads": {}}
     result.setdefault("leaked", [])
     result["leaked"] += [f"(found by parent) {p}" for p in leaked]
@@ -701,15 +711,18 @@ def parent_main(args) -> int:
     workdir.mkdir(parents=True, exist_ok=True)
     subreaper = common.become_subreaper()
     env = common.environment()
-    bound = sum(child_budget(n) for n in sizes) * len(libs)
+    bound = args.budget + child_budget(max(sizes)) / 60
     print(f"scale run: {', '.join(TITLES[lib] for lib in libs)} at N = {', '.join(map(str, sizes))};"
-          f" python {env['python']}, {env['cpus']} cpus; at most {bound / 60:.0f} min (every child to its"
-          f" deadline; typically far less)", flush=True)
+          f" python {env['python']}, {env['cpus']} cpus; at most {bound:.0f} min (no child starts after"
+          f" {args.budget:g} min)", flush=True)
+    run_started = time.monotonic()
     started = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     results: dict = {}
     for n in sizes:
         for lib in libs:
             reason = skip_reason(lib, n, results, sizes, args.max_start)
+            if reason is None and time.monotonic() - run_started > 60 * args.budget:
+                reason = f"the run's budget of {args.budget:g} min was spent"
             if reason:
                 print(f"{TITLES[lib]} at {n} engines: skipped ({reason})", flush=True)
                 results[(lib, n)] = {"skipped": reason, "workloads": {}}
@@ -773,6 +786,8 @@ def add_arguments(ap) -> None:
     ap.add_argument("--libs", default=",".join(LIBS), help="scale run: libraries (default %(default)s)")
     ap.add_argument("--max-start", type=float, default=240.0,
                     help="scale run: skip a peer at a size where its start is predicted to take longer (s)")
+    ap.add_argument("--budget", type=float, default=60.0,
+                    help="scale run: start no child after this many minutes (default %(default)s)")
     ap.add_argument("--n", type=int, help=argparse.SUPPRESS)
 
 
