@@ -536,8 +536,21 @@ def lookup(result, key):
     if entry is None:
         return None, None
     if "error" in entry:
-        return None, "error"
+        return None, _deadline_bound(result, workload, metric, entry["error"]) or "error"
     return entry.get("metrics", {}).get(metric), None
+
+
+def _deadline_bound(result, workload, metric, error) -> str | None:
+    """What a map that ran past its deadline still says: its rate was below tasks / deadline."""
+    if "WorkloadTimeout" not in error or "params" not in result:
+        return None
+    P, lib, n = ScaleParams(**result["params"]), result["library"], result["n"]
+    deadline = WORKLOAD_DEADLINES[workload]
+    if (workload, metric) == ("tiny", "tasks_per_s"):
+        return f"< {P.tiny(lib) / deadline:.0f} (deadline)"
+    if (workload, metric) == ("sleep", "efficiency"):
+        return f"< {P.sleep_tasks * P.sleep_s / n / deadline:.1%} (deadline)"
+    return None
 
 
 def verdict(row: Row, n: int, value) -> str:
@@ -742,7 +755,13 @@ def parent_main(args) -> int:
     run_started = time.monotonic()
     started = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     results: dict = {}
-    for n in sizes:
+    if args.from_json:  # only the report, from a run's scale.json
+        saved = json.loads(Path(args.from_json).read_text())
+        started, env = saved["started"], saved["environment"]
+        results = {(key.split("@")[0], int(key.split("@")[1])): r for key, r in saved["results"].items()}
+        sizes = tuple(n for n in sizes if any(k[1] == n for k in results))
+        libs = [lib for lib in libs if any(k[0] == lib for k in results)]
+    for n in sizes if not args.from_json else ():
         for lib in libs:
             reason = skip_reason(lib, n, results, sizes, args.max_start)
             if reason is None and time.monotonic() - run_started > 60 * args.budget:
@@ -810,6 +829,8 @@ def add_arguments(ap) -> None:
     ap.add_argument("--libs", default=",".join(LIBS), help="scale run: libraries (default %(default)s)")
     ap.add_argument("--max-start", type=float, default=240.0,
                     help="scale run: skip a peer at a size where its start is predicted to take longer (s)")
+    ap.add_argument("--from-json", metavar="SCALE_JSON",
+                    help="scale run: write the table and plot again from a run's scale.json (runs nothing)")
     ap.add_argument("--budget", type=float, default=60.0,
                     help="scale run: start no child after this many minutes (default %(default)s)")
     ap.add_argument("--n", type=int, help=argparse.SUPPRESS)
