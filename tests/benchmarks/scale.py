@@ -647,6 +647,7 @@ def plot(results: dict, sizes, libs, path: Path, title: str) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
 
     panels = [r for r in ROWS if r.plot]
     cols = 4
@@ -662,6 +663,9 @@ def plot(results: dict, sizes, libs, path: Path, title: str) -> None:
         ax.set_xticks(list(sizes), [str(n) for n in sizes])
         if not row.key.startswith("sleep."):
             ax.set_yscale("log")
+            plain = matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}")
+            ax.yaxis.set_major_formatter(plain)
+            ax.yaxis.set_minor_formatter(plain)
         ax.set_title(row.plot, fontsize=10)
         ax.set_xlabel("engines")
         ax.grid(True, which="both", alpha=0.3)
