@@ -663,9 +663,9 @@ def plot(results: dict, sizes, libs, path: Path, title: str) -> None:
         ax.set_xticks(list(sizes), [str(n) for n in sizes])
         if not row.key.startswith("sleep."):
             ax.set_yscale("log")
-            plain = matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}")
-            ax.yaxis.set_major_formatter(plain)
-            ax.yaxis.set_minor_formatter(plain)
+            ax.yaxis.set_major_locator(matplotlib.ticker.LogLocator(subs=(1.0, 2.0, 5.0)))
+            ax.yaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}"))
+            ax.yaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
         ax.set_title(row.plot, fontsize=10)
         ax.set_xlabel("engines")
         ax.grid(True, which="both", alpha=0.3)
@@ -796,7 +796,8 @@ def parent_main(args) -> int:
             if res.get("problem"):
                 note += f"; {res['problem']}"
             if res.get("leaked"):
-                note += f"; LEAKED: {res['leaked']}"
+                leaked = res["leaked"]
+                note += f"; LEAKED (killed by the run): {len(leaked)} processes, e.g. {leaked[0][:100]}"
             lines.append(note)
     lines += ["", markdown(table), ""]
     slopes = {lib: per_engine_slope(results, lib, sizes) for lib in libs}
