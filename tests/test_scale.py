@@ -53,7 +53,7 @@ def counted_starts(monkeypatch):
 
 
 def test_more_engines_than_start_slots_all_start_and_stop(monkeypatch, counted_starts):
-    monkeypatch.setattr(_local, "_slot_count", lambda: 2)
+    monkeypatch.setattr(_local, "start_slot_count", lambda: 2)
     cluster = ipp.Cluster(n=5)
     try:
         rc = cluster.start_and_connect_sync()
@@ -69,7 +69,7 @@ def test_more_engines_than_start_slots_all_start_and_stop(monkeypatch, counted_s
 
 
 def test_an_interrupted_start_kills_the_kernels_it_started(monkeypatch, counted_starts):
-    monkeypatch.setattr(_local, "_slot_count", lambda: 2)
+    monkeypatch.setattr(_local, "start_slot_count", lambda: 2)
     cluster = ipp.Cluster(n=6)
 
     def ctrl_c(listening):  # Ctrl-C as the second kernel answers: others are still starting

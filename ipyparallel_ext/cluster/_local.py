@@ -263,7 +263,7 @@ def kill_now(managers) -> None:
 _slots: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # event loop -> its start semaphore
 
 
-def _slot_count() -> int:
+def start_slot_count() -> int:
     """How many kernels may start at once: :data:`_START_SLOTS_PER_CPU` per CPU."""
     return _START_SLOTS_PER_CPU * (os.cpu_count() or 1)
 
@@ -272,7 +272,7 @@ def start_slots() -> asyncio.Semaphore:
     """The running loop's semaphore bounding how many kernels start at once (starts and restarts)."""
     loop = asyncio.get_running_loop()
     if loop not in _slots:
-        _slots[loop] = asyncio.Semaphore(_slot_count())
+        _slots[loop] = asyncio.Semaphore(start_slot_count())
     return _slots[loop]
 
 
