@@ -27,6 +27,7 @@ import atexit
 import contextlib
 import functools
 import logging
+import math
 import os
 import shutil
 import socket
@@ -42,7 +43,7 @@ from .._engine import describe_exit
 from ._local import ENGINE_ARGS as ENGINE_ARGS  # the CLI's kernelspec uses them
 from ._launcher import LaunchContext, Launcher, launcher_class, make_launcher
 from ._local import ENGINE_KERNEL_NAME, AttachedEngine, AttachedEngineSet, EngineSpecManager, LoopThread
-from ._local import kernel_pid
+from ._local import kernel_pid, start_slot_count
 from ..error import EngineStartError
 from . import _files
 
@@ -90,7 +91,8 @@ def _blocking(method):
 
     @functools.wraps(method)
     def run(self, *args, **kwargs):
-        return self._run(method(self, *args, **kwargs))
+        n = kwargs.get("n", args[0] if args and isinstance(args[0], int) else None)  # engines it may start
+        return self._run(method(self, *args, **kwargs), starting=n)
 
     run.__name__ = run.__qualname__ = f"{method.__name__}_sync"
     run.__doc__ = f"Blocking :meth:`{method.__name__}` (works inside a running event loop too)."
@@ -238,8 +240,12 @@ class Cluster:
             self._runner = LoopThread()
         return self._runner
 
-    def _run(self, coro):
-        return self._loop_thread().run(coro, timeout=self.engine_timeout + _STOP_WAIT)
+    def _run(self, coro, starting=None):
+        # Local engines start start_slot_count() at a time, each within engine_timeout: a call that
+        # starts (or restarts) many engines may take that many rounds.
+        n = max(starting or 0, self.n or 0, len(self.engines))
+        rounds = max(1, math.ceil(n / start_slot_count()))
+        return self._loop_thread().run(coro, timeout=self.engine_timeout * rounds + _STOP_WAIT)
 
     # -- the engine-source protocol, for Clients ---------------------------------------
 
