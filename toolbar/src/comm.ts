@@ -1,0 +1,159 @@
+/**
+ * The frontend end of the `ipyparallel_ext.toolbar` comm, one per notebook session.
+ *
+ * The kernel opens the comm when its first `Client` is created; from then on it sends
+ * `{"type": "state", ...}` on every change. This object registers the comm target on each kernel
+ * connection the session gets (a kernel change, and again after a restart, since a restart clears
+ * the kernel's comms), keeps the latest state, and signals it: `null` means "no client in this
+ * kernel" (no comm yet, the comm closed, or the kernel restarted).
+ */
+import { ISessionContext } from '@jupyterlab/apputils';
+import { Kernel, KernelMessage } from '@jupyterlab/services';
+import { IDisposable } from '@lumino/disposable';
+import { ISignal, Signal } from '@lumino/signaling';
+
+/** The comm target the kernel opens. */
+export const COMM_TARGET = 'ipyparallel_ext.toolbar';
+
+/** What the kernel reports (`{"type": "state", ...}`). */
+export interface IToolbarState {
+  engines: number;
+  busy: number;
+  queued: number;
+  autopx: boolean;
+  cluster_id: string | null;
+}
+
+/** Kernel statuses after which the comm is gone (the kernel process is new or dead). */
+const _GONE: ReadonlySet<Kernel.Status> = new Set(['restarting', 'autorestarting', 'dead']);
+
+/**
+ * The toolbar comm of one notebook session.
+ */
+export class ToolbarComm implements IDisposable {
+  constructor(private readonly _session: ISessionContext) {
+    _session.kernelChanged.connect(this._onKernelChanged, this);
+    this._onKernelChanged();
+  }
+
+  /** The kernel's latest state, or null while the kernel has no client. */
+  get state(): IToolbarState | null {
+    return this._state;
+  }
+
+  /** Emits the new state (or null) on every change. */
+  get stateChanged(): ISignal<this, IToolbarState | null> {
+    return this._stateChanged;
+  }
+
+  get isDisposed(): boolean {
+    return this._disposed;
+  }
+
+  /** Send a message to the kernel's comm; false when there is no open comm. */
+  send(data: { type: string; [key: string]: unknown }): boolean {
+    if (!this._comm || this._comm.isDisposed) {
+      return false;
+    }
+    this._comm.send(data as any);
+    return true;
+  }
+
+  dispose(): void {
+    if (this._disposed) {
+      return;
+    }
+    this._disposed = true;
+    this._session.kernelChanged.disconnect(this._onKernelChanged, this);
+    this._watch(null);
+    Signal.clearData(this);
+  }
+
+  private _onKernelChanged(): void {
+    this._watch(this._session.session?.kernel ?? null);
+  }
+
+  /** Follow `kernel` (or none): register the target and drop the previous kernel's comm. */
+  private _watch(kernel: Kernel.IKernelConnection | null): void {
+    if (this._kernel) {
+      this._kernel.statusChanged.disconnect(this._onStatus, this);
+      if (!this._kernel.isDisposed) {
+        this._kernel.removeCommTarget(COMM_TARGET, this._onCommOpen);
+      }
+    }
+    this._kernel = kernel;
+    this._drop();
+    if (kernel) {
+      kernel.statusChanged.connect(this._onStatus, this);
+      kernel.registerCommTarget(COMM_TARGET, this._onCommOpen);
+    }
+  }
+
+  private _onStatus(kernel: Kernel.IKernelConnection, status: Kernel.Status): void {
+    if (_GONE.has(status)) {
+      this._drop();
+    } else if (status === 'starting' || status === 'idle') {
+      // Registering is an assignment: doing it again after a restart (which may have cleared
+      // the connection's state) costs nothing and makes sure the new kernel's comm is heard.
+      kernel.registerCommTarget(COMM_TARGET, this._onCommOpen);
+    }
+  }
+
+  private _onCommOpen = (comm: Kernel.IComm, msg: KernelMessage.ICommOpenMsg): void => {
+    // A newer client in the same kernel replaces the older one's comm.
+    this._comm = comm;
+    comm.onMsg = message => {
+      if (this._comm === comm) {
+        this._onData(message.content.data);
+      }
+    };
+    comm.onClose = () => {
+      if (this._comm === comm) {
+        this._drop();
+      }
+    };
+    this._onData(msg.content.data);
+  };
+
+  private _onData(data: unknown): void {
+    const state = _parseState(data);
+    if (state) {
+      this._set(state);
+    }
+  }
+
+  private _drop(): void {
+    this._comm = null;
+    this._set(null);
+  }
+
+  private _set(state: IToolbarState | null): void {
+    if (state === null && this._state === null) {
+      return;
+    }
+    this._state = state;
+    this._stateChanged.emit(state);
+  }
+
+  private _comm: Kernel.IComm | null = null;
+  private _kernel: Kernel.IKernelConnection | null = null;
+  private _state: IToolbarState | null = null;
+  private _disposed = false;
+  private _stateChanged = new Signal<this, IToolbarState | null>(this);
+}
+
+/** A `state` message's fields, or null for any other message. */
+function _parseState(data: unknown): IToolbarState | null {
+  if (!data || typeof data !== 'object' || (data as any).type !== 'state') {
+    return null;
+  }
+  const d = data as { [key: string]: unknown };
+  const count = (value: unknown) => (typeof value === 'number' && value >= 0 ? value : 0);
+  return {
+    engines: count(d.engines),
+    busy: count(d.busy),
+    queued: count(d.queued),
+    autopx: d.autopx === true,
+    cluster_id: typeof d.cluster_id === 'string' ? d.cluster_id : null
+  };
+}
