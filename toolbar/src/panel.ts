@@ -174,13 +174,15 @@ export class ClusterPanel extends Widget {
     if (!specs) {
       return;
     }
-    const selected = this._startKernel.value || specs.default;
+    const selected = this._startKernel.value;
     this._startKernel.replaceChildren();
+    // No kernel_name in the request: the server's default engine kernel.
+    this._startKernel.appendChild(_el('option', { value: '' }, 'default engine'));
     for (const [name, spec] of Object.entries(specs.kernelspecs)) {
       const option = _el('option', { value: name }, spec?.display_name ?? name);
       this._startKernel.appendChild(option);
     }
-    this._startKernel.value = name_or_default(selected, specs);
+    this._startKernel.value = selected in specs.kernelspecs ? selected : '';
   }
 
   private async _start(): Promise<void> {
@@ -416,10 +418,6 @@ export function formatUptime(seconds: number): string {
     return `${Math.floor(s / 3600)}h ${pad(Math.floor((s % 3600) / 60))}m`;
   }
   return `${Math.floor(s / 86400)}d ${pad(Math.floor((s % 86400) / 3600))}h`;
-}
-
-function name_or_default(name: string, specs: KernelSpec.ISpecModels): string {
-  return name in specs.kernelspecs ? name : specs.default;
 }
 
 function _message(error: unknown): string {
