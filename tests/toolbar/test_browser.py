@@ -61,7 +61,8 @@ _ADD_CELL = """async (source) => {
   notebook.activeCellIndex = index;
   return index;
 }"""
-_RUN_ACTIVE_CELL = "() => window.jupyterapp.commands.execute('notebook:run-cell')"
+# Not awaited: the command's promise settles only when the cell has finished (see _CELL_DONE).
+_RUN_ACTIVE_CELL = "() => { void window.jupyterapp.commands.execute('notebook:run-cell'); }"
 _CELL_DONE = """(index) => {
   const cell = window.jupyterapp.shell.currentWidget.content.widgets[index];
   return cell.model.executionCount !== null;
@@ -134,6 +135,8 @@ def _output(page, index: int) -> str:
 
 
 def _open_panel(page, app: str) -> None:
+    if page.locator("#ipyparallel-ext-panel").is_visible():
+        return
     if app == "lab":  # a user clicks the panel's tab in the left sidebar
         page.locator('.jp-SideBar .lm-TabBar-tab[data-id="ipyparallel-ext-panel"]').click()
     else:  # Notebook 7 keeps its sidebars closed: the command (View menu / palette) opens it
@@ -219,7 +222,7 @@ def test_panel_and_toolbar(app, tmp_path, monkeypatch):
         assert _output(page, index).strip() == "where am I 42"
 
         # Interrupt a sleeping %px (the notebook kernel is busy: the kernel is interrupted).
-        index = _run_cell(page, "%px import time; time.sleep(600)", wait=False)
+        index = _run_cell(page, "%px import time; time.sleep(300)", wait=False)
         engines.and_(page.locator('[data-busy="2"]')).wait_for()
         toolbar.get_by_test_id("ipp-interrupt").click()
         _wait_cell(page, index)
@@ -227,7 +230,7 @@ def test_panel_and_toolbar(app, tmp_path, monkeypatch):
         engines.and_(page.locator('[data-busy="0"]')).wait_for()
 
         # Interrupt work running while the notebook kernel is idle (through the comm).
-        _run_cell(page, "import time\nar = rc[:].apply_async(time.sleep, 600)")
+        _run_cell(page, "import time\nar = rc[:].apply_async(time.sleep, 300)")
         engines.and_(page.locator('[data-busy="2"]')).wait_for()
         toolbar.get_by_test_id("ipp-interrupt").click()
         index = _run_cell(page, "try:\n    ar.get(timeout=60)\nexcept Exception as e:\n"
@@ -235,6 +238,12 @@ def test_panel_and_toolbar(app, tmp_path, monkeypatch):
         assert "KeyboardInterrupt" in _output(page, index)
         index = _run_cell(page, '%px print("still here")')
         assert _output(page, index).count("still here") == 2
+
+        # A reloaded page finds the kernel's client and shows the toolbar again.
+        page.reload()
+        page.wait_for_function(_KERNEL_IDLE, timeout=CELL_TIMEOUT)
+        engines.and_(page.locator('[data-engines="2"]')).wait_for()
+        _open_panel(page, app)
 
         # Scale from the panel, then stop; the row goes, and the CLI sees none.
         row.get_by_test_id("ipp-scale-n").fill("3")

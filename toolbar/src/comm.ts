@@ -5,7 +5,9 @@
  * `{"type": "state", ...}` on every change. This object registers the comm target on each kernel
  * connection the session gets (a kernel change, and again after a restart, since a restart clears
  * the kernel's comms), keeps the latest state, and signals it: `null` means "no client in this
- * kernel" (no comm yet, the comm closed, or the kernel restarted).
+ * kernel" (no comm yet, the comm closed, or the kernel restarted). A page opened after the
+ * client connected (a reload, a second tab) finds the kernel's toolbar comms with a
+ * `comm_info_request` and opens one of its own, so its toolbar shows too.
  */
 import { ISessionContext } from '@jupyterlab/apputils';
 import { Kernel, KernelMessage } from '@jupyterlab/services';
@@ -39,6 +41,11 @@ export class ToolbarComm implements IDisposable {
   /** The kernel's latest state, or null while the kernel has no client. */
   get state(): IToolbarState | null {
     return this._state;
+  }
+
+  /** Emits the kernel's message when it refused a command (`{"type": "error", ...}`). */
+  get error(): ISignal<this, string> {
+    return this._error;
   }
 
   /** Emits the new state (or null) on every change. */
@@ -86,7 +93,27 @@ export class ToolbarComm implements IDisposable {
     if (kernel) {
       kernel.statusChanged.connect(this._onStatus, this);
       kernel.registerCommTarget(COMM_TARGET, this._onCommOpen);
+      void this._join(kernel);
     }
+  }
+
+  /** Open a comm of our own if the kernel already has a client (its toolbar comms exist). */
+  private async _join(kernel: Kernel.IKernelConnection): Promise<void> {
+    let comms: { [id: string]: unknown } = {};
+    try {
+      const reply = await kernel.requestCommInfo({ target_name: COMM_TARGET });
+      if (reply.content.status === 'ok') {
+        comms = reply.content.comms;
+      }
+    } catch {
+      return; // the kernel went away meanwhile: the next kernel gets its own attempt
+    }
+    if (kernel !== this._kernel || this._comm || Object.keys(comms).length === 0) {
+      return;
+    }
+    const comm = kernel.createComm(COMM_TARGET);
+    this._attach(comm);
+    comm.open({});
   }
 
   private _onStatus(kernel: Kernel.IKernelConnection, status: Kernel.Status): void {
@@ -100,7 +127,12 @@ export class ToolbarComm implements IDisposable {
   }
 
   private _onCommOpen = (comm: Kernel.IComm, msg: KernelMessage.ICommOpenMsg): void => {
-    // A newer client in the same kernel replaces the older one's comm.
+    this._attach(comm);
+    this._onData(msg.content.data);
+  };
+
+  /** Make `comm` the one this toolbar listens to (a newer comm replaces an older one). */
+  private _attach(comm: Kernel.IComm): void {
     this._comm = comm;
     comm.onMsg = message => {
       if (this._comm === comm) {
@@ -112,13 +144,14 @@ export class ToolbarComm implements IDisposable {
         this._drop();
       }
     };
-    this._onData(msg.content.data);
-  };
+  }
 
   private _onData(data: unknown): void {
     const state = _parseState(data);
     if (state) {
       this._set(state);
+    } else if (data && typeof data === 'object' && (data as any).type === 'error') {
+      this._error.emit(String((data as any).message));
     }
   }
 
@@ -140,6 +173,7 @@ export class ToolbarComm implements IDisposable {
   private _state: IToolbarState | null = null;
   private _disposed = false;
   private _stateChanged = new Signal<this, IToolbarState | null>(this);
+  private _error = new Signal<this, string>(this);
 }
 
 /** A `state` message's fields, or null for any other message. */

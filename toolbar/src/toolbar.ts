@@ -38,8 +38,15 @@ export class ParallelToolbar extends Widget {
     this._interrupt.title = "interrupt the engines' running work";
     this._interrupt.addEventListener('click', () => void this._interruptEngines());
 
-    this.node.append(this._engines, this._autopx, this._interrupt);
+    this._error = document.createElement('span');
+    this._error.className = 'ipp-ext-toolbar-error';
+    this._error.dataset.testid = 'ipp-toolbar-error';
+
+    this.node.append(this._engines, this._autopx, this._interrupt, this._error);
     this._comm.stateChanged.connect((_, state) => this._show(state));
+    this._comm.error.connect((_, message) => {
+      this._error.textContent = message;
+    });
     this._show(this._comm.state);
   }
 
@@ -53,6 +60,7 @@ export class ParallelToolbar extends Widget {
     if (state === null) {
       return;
     }
+    this._error.textContent = '';
     const engines = state.engines === 1 ? '1 engine' : `${state.engines} engines`;
     this._engines.textContent = `${engines} · ${state.busy} busy · ${state.queued} queued`;
     this._engines.title = state.cluster_id ? `cluster ${state.cluster_id}` : 'engines of this kernel';
@@ -89,6 +97,7 @@ export class ParallelToolbar extends Widget {
   private _engines: HTMLElement;
   private _autopx: HTMLButtonElement;
   private _interrupt: HTMLButtonElement;
+  private _error: HTMLElement;
 }
 
 /**
