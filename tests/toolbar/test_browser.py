@@ -144,12 +144,20 @@ def _open_panel(page, app: str) -> None:
     page.locator("#ipyparallel-ext-panel").wait_for(state="visible")
 
 
-def _screenshot(locator, name: str) -> None:
-    """Rewrite a README screenshot, only when asked (so that test runs leave the tree clean)."""
-    if os.environ.get("IPP_EXT_SCREENSHOTS") == "1":
-        SCREENSHOTS.mkdir(exist_ok=True)
-        locator.screenshot(path=str(SCREENSHOTS / name))
-        print(f"\nwrote {SCREENSHOTS / name}")
+def _screenshot(page, top, bottom, name: str) -> None:
+    """Rewrite a README screenshot, only when asked (so that test runs leave the tree clean).
+
+    The picture spans ``top``'s box down to the bottom of ``bottom``'s (both locators).
+    """
+    if os.environ.get("IPP_EXT_SCREENSHOTS") != "1":
+        return
+    page.mouse.move(0, 0)  # no hover highlight in the picture
+    first, last = top.bounding_box(), bottom.bounding_box()
+    clip = {"x": first["x"], "y": first["y"], "width": first["width"],
+            "height": last["y"] + last["height"] - first["y"] + 8}
+    SCREENSHOTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(SCREENSHOTS / name), clip=clip)
+    print(f"\nwrote {SCREENSHOTS / name}")
 
 
 @pytest.mark.parametrize("app", ["lab", "notebook"])
@@ -199,7 +207,7 @@ def test_panel_and_toolbar(app, tmp_path, monkeypatch):
         engines.and_(page.locator('[data-engines="2"]')).wait_for()
         assert engines.inner_text() == "2 engines · 0 busy · 0 queued"
         if app == "lab":
-            _screenshot(panel, "panel.png")
+            _screenshot(page, panel, row, "panel.png")
 
         # %px, output read from the page.
         index = _run_cell(page, '%px print("engine says", 6 * 7)')
@@ -211,11 +219,12 @@ def test_panel_and_toolbar(app, tmp_path, monkeypatch):
         assert autopx.get_attribute("data-state") == "off"
         autopx.click()
         autopx.and_(page.locator('[data-state="on"]')).wait_for()
-        if app == "lab":
-            _screenshot(page.locator(".jp-NotebookPanel-toolbar").first, "toolbar.png")
         index = _run_cell(page, 'print("where am I", 40 + 2)')
         out = _output(page, index)
         assert "[stdout:0]" in out and "[stdout:1]" in out and out.count("where am I 42") == 2, out
+        if app == "lab":
+            _screenshot(page, page.locator(".jp-NotebookPanel-toolbar").first,
+                        page.locator(".jp-Notebook .jp-Cell").nth(index), "toolbar.png")
         autopx.click()
         autopx.and_(page.locator('[data-state="off"]')).wait_for()
         index = _run_cell(page, 'print("where am I", 40 + 2)')
