@@ -6,7 +6,8 @@ a temp folder (``_server_fixture.running_server``), serve this checkout's built 
 Debian's Chromium (headless, through Playwright) then does what a user does: opens the panel,
 starts a 2-engine cluster from it, inserts the connect code into a notebook and runs it, runs a
 ``%px`` cell, toggles ``%autopx`` from the toolbar, interrupts sleeping engines from the toolbar
-(kernel busy, then kernel idle), scales and stops the cluster from the panel. Leaving the
+(kernel busy, then kernel idle), reloads the page and restarts the kernel (the toolbar comes
+back), scales and stops the cluster from the panel. Leaving the
 server's block checks that no kernel, engine or cluster file is left.
 
 A failing test saves a screenshot of the page under its tmp folder and prints the path. With
@@ -63,6 +64,7 @@ _ADD_CELL = """async (source) => {
 }"""
 # Not awaited: the command's promise settles only when the cell has finished (see _CELL_DONE).
 _RUN_ACTIVE_CELL = "() => { void window.jupyterapp.commands.execute('notebook:run-cell'); }"
+_RESTART_KERNEL = "() => window.jupyterapp.shell.currentWidget.sessionContext.session.kernel.restart()"
 _CELL_DONE = """(index) => {
   const cell = window.jupyterapp.shell.currentWidget.content.widgets[index];
   return cell.model.executionCount !== null;
@@ -139,8 +141,10 @@ def _open_panel(page, app: str) -> None:
         return
     if app == "lab":  # a user clicks the panel's tab in the left sidebar
         page.locator('.jp-SideBar .lm-TabBar-tab[data-id="ipyparallel-ext-panel"]').click()
-    else:  # Notebook 7 keeps its sidebars closed: the command (View menu / palette) opens it
-        page.evaluate("() => window.jupyterapp.commands.execute('ipyparallel-ext:open-panel')")
+    else:  # Notebook 7 keeps its sidebars closed: View > Left Sidebar > Show Parallel clusters
+        page.locator(".lm-MenuBar-itemLabel", has_text="View").click()
+        page.locator(".lm-Menu-itemLabel", has_text="Left Sidebar").hover()
+        page.locator(".lm-Menu-itemLabel", has_text="Show Parallel clusters").click()
     page.locator("#ipyparallel-ext-panel").wait_for(state="visible")
 
 
@@ -253,6 +257,13 @@ def test_panel_and_toolbar(app, tmp_path, monkeypatch):
         page.wait_for_function(_KERNEL_IDLE, timeout=CELL_TIMEOUT)
         engines.and_(page.locator('[data-engines="2"]')).wait_for()
         _open_panel(page, app)
+
+        # After a kernel restart the toolbar goes, and comes back with the new kernel's client.
+        page.evaluate(_RESTART_KERNEL)
+        toolbar.wait_for(state="hidden")
+        page.wait_for_function(_KERNEL_IDLE, timeout=CELL_TIMEOUT)
+        _run_cell(page, sources[1])
+        engines.and_(page.locator('[data-engines="2"]')).wait_for()
 
         # Scale from the panel, then stop; the row goes, and the CLI sees none.
         row.get_by_test_id("ipp-scale-n").fill("3")

@@ -44,7 +44,7 @@ export class ClusterPanel extends Widget {
     this.id = 'ipyparallel-ext-panel';
     this.addClass('ipp-ext-panel');
     this.title.icon = parallelIcon;
-    this.title.caption = 'Parallel: clusters';
+    this.title.caption = 'Parallel clusters';
     this._build();
     this._kernelspecs.specsChanged.connect(this._fillKernelspecs, this);
     this._fillKernelspecs();
