@@ -97,12 +97,15 @@ def _chromium(tmp_path):
             browser.close()
 
 
-def _labextensions_first(tmp_path, monkeypatch) -> None:
-    """Serve the checkout's built labextension, ahead of any copy installed in the environment."""
+def _labextensions_first(tmp_path) -> dict:
+    """The server's environment that serves the checkout's built labextension first.
+
+    It goes ahead of any copy installed in the environment (an editable install copies it once).
+    """
     data = Path(tmp_path) / "jupyter-data"
     (data / "labextensions").mkdir(parents=True)
     (data / "labextensions" / "ipyparallel-ext").symlink_to(LABEXTENSION, target_is_directory=True)
-    monkeypatch.setenv("JUPYTER_PATH", os.pathsep.join(p for p in (str(data), os.environ.get("JUPYTER_PATH")) if p))
+    return {"JUPYTER_PATH": os.pathsep.join(p for p in (str(data), os.environ.get("JUPYTER_PATH")) if p)}
 
 
 def _write_notebook(root: Path) -> str:
@@ -165,9 +168,9 @@ def _screenshot(page, top, bottom, name: str) -> None:
 
 
 @pytest.mark.parametrize("app", ["lab", "notebook"])
-def test_panel_and_toolbar(app, tmp_path, monkeypatch):
-    _labextensions_first(tmp_path, monkeypatch)
-    with running_server(tmp_path, app=app, extra_args=["--expose-app-in-browser"]) as server, \
+def test_panel_and_toolbar(app, tmp_path):
+    env = _labextensions_first(tmp_path)
+    with running_server(tmp_path, app=app, extra_args=["--expose-app-in-browser"], env=env) as server, \
             _chromium(tmp_path) as page:
         name = _write_notebook(server.root_dir)
         path = f"lab/tree/{name}" if app == "lab" else f"notebooks/{name}"
