@@ -9,13 +9,15 @@
  *
  * Stable hooks for tests and styling: the panel's id `ipyparallel-ext-panel`, and
  * `data-testid` attributes on every control (`ipp-start-*`, `ipp-cluster` rows with
- * `data-cluster-id`, `ipp-scale-*`, `ipp-stop`, `ipp-insert`, `ipp-error`).
+ * `data-cluster-id`, `ipp-scale-*`, `ipp-stop`, `ipp-insert`, `ipp-error`). Rows: `row.ts`.
  */
 import { KernelSpec } from '@jupyterlab/services';
 import { Widget } from '@lumino/widgets';
 
-import { ApiError, ClustersApi, IClusterModel, IStartRequest } from './api';
+import { ClustersApi, IClusterModel, IStartRequest } from './api';
+import { el, errorMessage, labelled } from './dom';
 import { parallelIcon } from './icon';
+import { ClusterRow } from './row';
 
 /** How often the visible panel asks for the cluster list. */
 export const REFRESH_MS = 2000;
@@ -52,9 +54,14 @@ export class ClusterPanel extends Widget {
 
   /** Ask the server for the clusters now and show them. */
   async refresh(): Promise<void> {
-    // One request at a time: a slow server must not pile up requests every tick.
+    // One request at a time: a slow server must not pile up requests every tick. A list asked
+    // for before now may predate the caller's change, so one more follows it.
     if (this._refreshing) {
-      return this._refreshing;
+      this._again ??= this._refreshing.then(() => {
+        this._again = null;
+        return this.refresh();
+      });
+      return this._again;
     }
     this._refreshing = this._api
       .list()
@@ -64,7 +71,7 @@ export class ClusterPanel extends Widget {
           this._render(clusters);
         },
         error => {
-          this._listError = _message(error);
+          this._listError = errorMessage(error);
         }
       )
       .finally(() => {
@@ -109,47 +116,47 @@ export class ClusterPanel extends Widget {
 
   private _build(): void {
     const node = this.node;
-    node.appendChild(_el('h2', { class: 'ipp-ext-title' }, 'Parallel'));
+    node.appendChild(el('h2', { class: 'ipp-ext-title' }, 'Parallel'));
 
-    const form = _el('form', { class: 'ipp-ext-start', 'data-testid': 'ipp-start-form' });
-    this._startN = _el('input', {
+    const form = el('form', { class: 'ipp-ext-start', 'data-testid': 'ipp-start-form' });
+    this._startN = el('input', {
       type: 'number',
       min: '1',
       value: '2',
       title: 'number of engines',
       'data-testid': 'ipp-start-n'
     }) as HTMLInputElement;
-    this._startLauncher = _el('select', {
+    this._startLauncher = el('select', {
       title: 'how the engines are started',
       'data-testid': 'ipp-start-launcher'
     }) as HTMLSelectElement;
     for (const launcher of LAUNCHERS) {
-      this._startLauncher.appendChild(_el('option', { value: launcher }, launcher));
+      this._startLauncher.appendChild(el('option', { value: launcher }, launcher));
     }
-    this._startKernel = _el('select', {
+    this._startKernel = el('select', {
       title: "the engines' kernelspec",
       'data-testid': 'ipp-start-kernel'
     }) as HTMLSelectElement;
-    this._startId = _el('input', {
+    this._startId = el('input', {
       type: 'text',
       placeholder: 'cluster id (optional)',
       'data-testid': 'ipp-start-id'
     }) as HTMLInputElement;
-    this._startOptions = _el('input', {
+    this._startOptions = el('input', {
       type: 'text',
       placeholder: 'launcher options, JSON (optional)',
       title: 'e.g. {"hosts": ["node1", "node2"]} for ssh',
       'data-testid': 'ipp-start-options'
     }) as HTMLInputElement;
-    this._startButton = _el(
+    this._startButton = el(
       'button',
       { type: 'submit', class: 'jp-mod-styled jp-mod-accept', 'data-testid': 'ipp-start' },
       'Start'
     ) as HTMLButtonElement;
     form.append(
-      _labelled('engines', this._startN),
-      _labelled('launcher', this._startLauncher),
-      _labelled('kernel', this._startKernel),
+      labelled('engines', this._startN),
+      labelled('launcher', this._startLauncher),
+      labelled('kernel', this._startKernel),
       this._startId,
       this._startOptions,
       this._startButton
@@ -160,12 +167,12 @@ export class ClusterPanel extends Widget {
     });
     node.appendChild(form);
 
-    this._errorNode = _el('div', { class: 'ipp-ext-error', 'data-testid': 'ipp-error' });
+    this._errorNode = el('div', { class: 'ipp-ext-error', 'data-testid': 'ipp-error' });
     this._errorNode.hidden = true;
     node.appendChild(this._errorNode);
 
-    this._emptyNode = _el('p', { class: 'ipp-ext-empty' }, 'No clusters running.');
-    this._listNode = _el('ul', { class: 'ipp-ext-clusters', 'data-testid': 'ipp-cluster-list' });
+    this._emptyNode = el('p', { class: 'ipp-ext-empty' }, 'No clusters running.');
+    this._listNode = el('ul', { class: 'ipp-ext-clusters', 'data-testid': 'ipp-cluster-list' });
     node.append(this._emptyNode, this._listNode);
   }
 
@@ -177,9 +184,9 @@ export class ClusterPanel extends Widget {
     const selected = this._startKernel.value;
     this._startKernel.replaceChildren();
     // No kernel_name in the request: the server's default engine kernel.
-    this._startKernel.appendChild(_el('option', { value: '' }, 'default engine'));
+    this._startKernel.appendChild(el('option', { value: '' }, 'default engine'));
     for (const [name, spec] of Object.entries(specs.kernelspecs)) {
-      const option = _el('option', { value: name }, spec?.display_name ?? name);
+      const option = el('option', { value: name }, spec?.display_name ?? name);
       this._startKernel.appendChild(option);
     }
     this._startKernel.value = selected in specs.kernelspecs ? selected : '';
@@ -190,7 +197,7 @@ export class ClusterPanel extends Widget {
     try {
       request = this._startRequest();
     } catch (error) {
-      this._actionError = _message(error);
+      this._actionError = errorMessage(error);
       this._showError();
       return;
     }
@@ -221,7 +228,7 @@ export class ClusterPanel extends Widget {
       try {
         parsed = JSON.parse(options);
       } catch (error) {
-        throw new Error(`launcher options are not JSON: ${_message(error)}`);
+        throw new Error(`launcher options are not JSON: ${errorMessage(error)}`);
       }
       if (!parsed || typeof parsed !== 'object' || Array.isArray(parsed)) {
         throw new Error('launcher options must be a JSON object, e.g. {"hosts": ["node1"]}');
@@ -237,7 +244,7 @@ export class ClusterPanel extends Widget {
       await action();
       this._actionError = null;
     } catch (error) {
-      this._actionError = _message(error);
+      this._actionError = errorMessage(error);
     }
     this._showError();
     await this.refresh();
@@ -284,6 +291,7 @@ export class ClusterPanel extends Widget {
 
   private _rows = new Map<string, ClusterRow>();
   private _refreshing: Promise<void> | null = null;
+  private _again: Promise<void> | null = null;
   private _timer: number | null = null;
   private _listError: string | null = null;
   private _actionError: string | null = null;
@@ -296,153 +304,4 @@ export class ClusterPanel extends Widget {
   private _errorNode!: HTMLElement;
   private _emptyNode!: HTMLElement;
   private _listNode!: HTMLElement;
-}
-
-/** What a row's buttons do. */
-interface IRowActions {
-  scale(n: number): Promise<void>;
-  stop(): Promise<void>;
-  insert(code: string): void;
-  invalid(message: string): void;
-}
-
-/**
- * One cluster's row, updated in place on each refresh.
- */
-class ClusterRow {
-  readonly node: HTMLElement;
-
-  constructor(
-    readonly clusterId: string,
-    actions: IRowActions
-  ) {
-    this.node = _el('li', {
-      class: 'ipp-ext-cluster',
-      'data-testid': 'ipp-cluster',
-      'data-cluster-id': clusterId
-    });
-    const header = _el('div', { class: 'ipp-ext-cluster-header' });
-    header.append(
-      _el('span', { class: 'ipp-ext-cluster-id', 'data-testid': 'ipp-cluster-id' }, clusterId),
-      (this._state = _el('span', { class: 'ipp-ext-cluster-state', 'data-testid': 'ipp-cluster-state' }))
-    );
-    this._engines = _el('div', { class: 'ipp-ext-cluster-engines', 'data-testid': 'ipp-cluster-engines' });
-    this._details = _el('div', { class: 'ipp-ext-cluster-details', 'data-testid': 'ipp-cluster-details' });
-
-    const controls = _el('div', { class: 'ipp-ext-cluster-controls' });
-    this._scaleN = _el('input', {
-      type: 'number',
-      min: '1',
-      title: 'engines to scale to',
-      'data-testid': 'ipp-scale-n'
-    }) as HTMLInputElement;
-    const scale = _el('button', { class: 'jp-mod-styled', 'data-testid': 'ipp-scale' }, 'Scale');
-    const stop = _el('button', { class: 'jp-mod-styled jp-mod-warn', 'data-testid': 'ipp-stop' }, 'Stop');
-    const insert = _el(
-      'button',
-      {
-        class: 'jp-mod-styled',
-        title: 'insert a cell that connects to this cluster below the active cell',
-        'data-testid': 'ipp-insert'
-      },
-      'Insert connect code'
-    );
-    scale.addEventListener('click', () => {
-      const n = Number(this._scaleN.value);
-      if (!this._scaleN.value || !Number.isInteger(n) || n < 1) {
-        actions.invalid(`scale to a whole number of engines of at least 1, not "${this._scaleN.value}"`);
-        return;
-      }
-      void this._busy(scale, 'Scaling…', () => actions.scale(n)).then(() => {
-        this._scaleEdited = false;
-      });
-    });
-    this._scaleN.addEventListener('input', () => {
-      this._scaleEdited = true;
-    });
-    stop.addEventListener('click', () => void this._busy(stop, 'Stopping…', () => actions.stop()));
-    insert.addEventListener('click', () => actions.insert(this._connectCode));
-    controls.append(this._scaleN, scale, stop, insert);
-    this.node.append(header, this._engines, this._details, controls);
-  }
-
-  /** Show the cluster's latest model. */
-  update(cluster: IClusterModel): void {
-    this._connectCode = cluster.connect_code;
-    this._state.textContent = cluster.state;
-    this._state.dataset.state = cluster.state;
-    this._engines.textContent =
-      `${cluster.engines_alive} / ${cluster.engines} engines alive · ` + `${cluster.engines_busy} busy`;
-    this._engines.dataset.alive = String(cluster.engines_alive);
-    this._engines.dataset.busy = String(cluster.engines_busy);
-    this._engines.dataset.total = String(cluster.engines);
-    const kernel = cluster.kernel_name ? ` · ${cluster.kernel_name}` : '';
-    this._details.textContent = `${cluster.launcher}${kernel} · up ${formatUptime(cluster.uptime)}`;
-    // Offer the current size as the scale target until the user types another.
-    if (!this._scaleEdited) {
-      this._scaleN.value = String(cluster.engines);
-    }
-  }
-
-  private async _busy(button: HTMLElement, label: string, action: () => Promise<void>): Promise<void> {
-    const text = button.textContent;
-    (button as HTMLButtonElement).disabled = true;
-    button.textContent = label;
-    try {
-      await action();
-    } finally {
-      (button as HTMLButtonElement).disabled = false;
-      button.textContent = text;
-    }
-  }
-
-  private _connectCode = '';
-  private _scaleEdited = false;
-  private _state: HTMLElement;
-  private _engines: HTMLElement;
-  private _details: HTMLElement;
-  private _scaleN: HTMLInputElement;
-}
-
-/** "12s", "3m 05s", "2h 04m", "3d 01h". */
-export function formatUptime(seconds: number): string {
-  const s = Math.max(0, Math.floor(seconds));
-  const pad = (x: number) => String(x).padStart(2, '0');
-  if (s < 60) {
-    return `${s}s`;
-  }
-  if (s < 3600) {
-    return `${Math.floor(s / 60)}m ${pad(s % 60)}s`;
-  }
-  if (s < 86400) {
-    return `${Math.floor(s / 3600)}h ${pad(Math.floor((s % 3600) / 60))}m`;
-  }
-  return `${Math.floor(s / 86400)}d ${pad(Math.floor((s % 86400) / 3600))}h`;
-}
-
-function _message(error: unknown): string {
-  if (error instanceof ApiError) {
-    return error.message;
-  }
-  if (error instanceof Error) {
-    return error.message;
-  }
-  return String(error);
-}
-
-function _el(tag: string, attrs: { [name: string]: string } = {}, text?: string): HTMLElement {
-  const node = document.createElement(tag);
-  for (const [name, value] of Object.entries(attrs)) {
-    node.setAttribute(name, value);
-  }
-  if (text !== undefined) {
-    node.textContent = text;
-  }
-  return node;
-}
-
-function _labelled(label: string, control: HTMLElement): HTMLElement {
-  const node = _el('label', { class: 'ipp-ext-field' });
-  node.append(_el('span', {}, label), control);
-  return node;
 }
