@@ -12,6 +12,8 @@ import subprocess
 import sys
 
 _TIMEOUT = 120  # seconds for a `jupyter ... list` command on a busy machine
+_REINSTALL = ("the toolbar is not installed in this environment: an install made before the toolbar "
+              "existed lacks it; run `pip install -e .` again")
 
 
 def _jupyter(*args: str) -> str:
@@ -23,10 +25,12 @@ def _jupyter(*args: str) -> str:
 
 def test_labextension_is_installed_and_enabled():
     listing = _jupyter("labextension", "list")
-    assert re.search(r"ipyparallel-ext v\S+ enabled OK \(python, ipyparallel_ext\)", listing), listing
+    assert re.search(r"ipyparallel-ext v\S+ enabled OK \(python, ipyparallel_ext\)", listing), (
+        f"{_REINSTALL}\n`jupyter labextension list` says:\n{listing}")
 
 
 def test_server_extension_is_enabled():
     listing = _jupyter("server", "extension", "list")
-    assert re.search(r"ipyparallel_ext\.toolbar enabled", listing), listing
+    assert re.search(r"ipyparallel_ext\.toolbar enabled", listing), (
+        f"{_REINSTALL}\n`jupyter server extension list` says:\n{listing}")
     assert re.search(r"ipyparallel_ext\.toolbar\s+OK", listing), listing
