@@ -184,6 +184,12 @@ def test_panel_and_toolbar(app, tmp_path):
         _open_panel(page, app)
         panel = page.locator("#ipyparallel-ext-panel")
         cluster_id = f"browser-{app}"
+        error = panel.get_by_test_id("ipp-error")
+        # A bad number is refused in the panel, naming the field.
+        panel.get_by_test_id("ipp-start-n").fill("0")
+        panel.get_by_test_id("ipp-start").click()
+        error.wait_for(state="visible")
+        assert "engines must be a whole number of at least 1" in error.inner_text()
         panel.get_by_test_id("ipp-start-n").fill("2")
         panel.get_by_test_id("ipp-start-launcher").select_option("local")
         panel.get_by_test_id("ipp-start-id").fill(cluster_id)
@@ -198,8 +204,8 @@ def test_panel_and_toolbar(app, tmp_path):
         assert cluster_id in server.cli("list").stdout
 
         # A refused request shows the server's message: the same id again is a 409.
+        assert error.is_hidden()  # the successful start cleared the earlier error
         panel.get_by_test_id("ipp-start").click()
-        error = panel.get_by_test_id("ipp-error")
         error.wait_for(state="visible")
         assert "409" in error.inner_text() and cluster_id in error.inner_text()
 

@@ -118,7 +118,9 @@ export class ClusterPanel extends Widget {
     const node = this.node;
     node.appendChild(el('h2', { class: 'ipp-ext-title' }, 'Parallel'));
 
-    const form = el('form', { class: 'ipp-ext-start', 'data-testid': 'ipp-start-form' });
+    // novalidate: the panel checks the fields itself and says what is wrong in its error line,
+    // where the browser's own check would silently refuse to submit.
+    const form = el('form', { class: 'ipp-ext-start', 'data-testid': 'ipp-start-form', novalidate: '' });
     this._startN = el('input', {
       type: 'number',
       min: '1',
