@@ -4,11 +4,12 @@ A real ``jupyter lab`` and a real ``jupyter notebook`` (Notebook 7), each starte
 a temp folder (``_server_fixture.running_server``), serve this checkout's built labextension
 (``ipyparallel_ext/toolbar/labextension``, put first on ``JUPYTER_PATH``) and server extension.
 Debian's Chromium (headless, through Playwright) then does what a user does: opens the panel,
-starts a 2-engine cluster from it, inserts the connect code into a notebook and runs it, runs a
-``%px`` cell, toggles ``%autopx`` from the toolbar, interrupts sleeping engines from the toolbar
-(kernel busy, then kernel idle), reloads the page and restarts the kernel (the toolbar comes
-back), scales and stops the cluster from the panel. Leaving the
-server's block checks that no kernel, engine or cluster file is left.
+refuses a bad engine count, starts a 2-engine cluster from it (the same id again is a 409 shown in
+the panel), inserts the connect code into a notebook and runs it, runs a ``%px`` cell, toggles
+``%autopx`` from the toolbar, interrupts sleeping engines from the toolbar (during a blocking
+``%px`` with and without kernel subshells, then with the kernel idle), reloads the page and
+restarts the kernel (the toolbar comes back both times), scales and stops the cluster from the
+panel. Leaving the server's block checks that no kernel, engine or cluster file is left.
 
 A failing test saves a screenshot of the page under its tmp folder and prints the path. With
 ``IPP_EXT_SCREENSHOTS=1`` the JupyterLab run also rewrites the README's screenshots,
@@ -64,6 +65,10 @@ _ADD_CELL = """async (source) => {
 # Not awaited: the command's promise settles only when the cell has finished (see _CELL_DONE).
 _RUN_ACTIVE_CELL = "() => { void window.jupyterapp.commands.execute('notebook:run-cell'); }"
 _RESTART_KERNEL = "() => window.jupyterapp.shell.currentWidget.sessionContext.session.kernel.restart()"
+# What an older JupyterLab or kernel does: comm messages on the main shell, behind a running cell.
+_COMMS_ON_MAIN_SHELL = """() => {
+  window.jupyterapp.shell.currentWidget.sessionContext.session.kernel.commsOverSubshells = 'disabled';
+}"""
 _CELL_DONE = """(index) => {
   const cell = window.jupyterapp.shell.currentWidget.content.widgets[index];
   return cell.model.executionCount !== null;
@@ -138,6 +143,17 @@ def _wait_cell(page, index: int) -> None:
 def _output(page, index: int) -> str:
     """The text the page shows as cell ``index``'s output."""
     return page.locator(".jp-Notebook .jp-Cell").nth(index).locator(".jp-OutputArea").inner_text()
+
+
+def _interrupt_sleeping_px(page, toolbar) -> None:
+    """Run a sleeping ``%px``, click "Interrupt engines" once both engines run it, check it ended."""
+    engines = toolbar.get_by_test_id("ipp-engines")
+    index = _run_cell(page, "%px import time; time.sleep(300)", wait=False)
+    engines.and_(page.locator('[data-busy="2"]')).wait_for()
+    toolbar.get_by_test_id("ipp-interrupt").click()
+    _wait_cell(page, index)
+    assert "KeyboardInterrupt" in _output(page, index)
+    engines.and_(page.locator('[data-busy="0"]')).wait_for()
 
 
 def _open_panel(page, app: str) -> None:
@@ -244,13 +260,12 @@ def test_panel_and_toolbar(app, tmp_path):
         index = _run_cell(page, 'print("where am I", 40 + 2)')
         assert _output(page, index).strip() == "where am I 42"
 
-        # Interrupt a sleeping %px (the notebook kernel is busy: the kernel is interrupted).
-        index = _run_cell(page, "%px import time; time.sleep(300)", wait=False)
-        engines.and_(page.locator('[data-busy="2"]')).wait_for()
-        toolbar.get_by_test_id("ipp-interrupt").click()
-        _wait_cell(page, index)
-        assert "KeyboardInterrupt" in _output(page, index)
-        engines.and_(page.locator('[data-busy="0"]')).wait_for()
+        # Interrupt a sleeping %px while its cell runs: with kernel subshells (ipykernel 7) the
+        # comm's command runs at once; without, the button interrupts the notebook kernel and the
+        # %px passes that on to its engines. Both ways, in that order.
+        _interrupt_sleeping_px(page, toolbar)
+        page.evaluate(_COMMS_ON_MAIN_SHELL)
+        _interrupt_sleeping_px(page, toolbar)
 
         # Interrupt work running while the notebook kernel is idle (through the comm).
         _run_cell(page, "import time\nar = rc[:].apply_async(time.sleep, 300)")

@@ -24,6 +24,8 @@ export interface IToolbarState {
   queued: number;
   autopx: boolean;
   cluster_id: string | null;
+  /** A cell is running in the notebook kernel (`kernel.status` can say idle then: subshells). */
+  kernel_busy: boolean;
 }
 
 /** Kernel statuses after which the comm is gone (the kernel process is new or dead). */
@@ -55,6 +57,17 @@ export class ToolbarComm implements IDisposable {
 
   get isDisposed(): boolean {
     return this._disposed;
+  }
+
+  /**
+   * Whether a message sent now is handled while a cell runs: the kernel has subshells and the
+   * connection sends comm messages on one (JupyterLab 4.4+ with ipykernel 7), instead of queueing
+   * them behind the running cell on the main shell.
+   */
+  get commandsRunAtOnce(): boolean {
+    const kernel = this._kernel;
+    // The enum's string value, not the enum: an older host application's services lack it.
+    return !!kernel && kernel.supportsSubshells && (kernel.commsOverSubshells as string) !== 'disabled';
   }
 
   /** Send a message to the kernel's comm; false when there is no open comm. */
@@ -188,6 +201,7 @@ function _parseState(data: unknown): IToolbarState | null {
     busy: count(d.busy),
     queued: count(d.queued),
     autopx: d.autopx === true,
-    cluster_id: typeof d.cluster_id === 'string' ? d.cluster_id : null
+    cluster_id: typeof d.cluster_id === 'string' ? d.cluster_id : null,
+    kernel_busy: d.kernel_busy === true
   };
 }

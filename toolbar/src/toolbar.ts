@@ -4,10 +4,13 @@
  *
  * Everything shown comes from the kernel's `ipyparallel_ext.toolbar` comm (see `comm.ts`); the
  * item stays hidden until the kernel opens it. The toggle shows the state the kernel reports
- * (clicking asks the kernel to flip it; typing `%autopx` flips it too). Comm messages reach the
- * kernel on its shell channel and so wait while a cell runs; that is why "interrupt engines"
- * interrupts the notebook kernel itself when it is busy (the client's blocking wait turns the
- * KeyboardInterrupt into interrupting its engines) and sends `{"type": "interrupt"}` when idle.
+ * (clicking asks the kernel to flip it; typing `%autopx` flips it too). "Interrupt engines"
+ * sends `{"type": "interrupt"}`, which the kernel handles at once when comm messages travel on a
+ * kernel subshell (ipykernel 7 with JupyterLab 4.4+ / Notebook 7.4+), even during a blocking
+ * `%px`. Without subshells a comm message waits behind the running cell, so while the kernel
+ * reports `kernel_busy` the button interrupts the notebook kernel itself instead, and the client's
+ * blocking wait turns that KeyboardInterrupt into interrupting its engines. (`kernel.status` is
+ * not used to decide: with subshells it can read idle while a cell runs.)
  */
 import { ISessionContext } from '@jupyterlab/apputils';
 import { DocumentRegistry } from '@jupyterlab/docregistry';
@@ -86,7 +89,8 @@ export class ParallelToolbar extends Widget {
 
   private async _interruptEngines(): Promise<void> {
     const kernel = this._session.session?.kernel;
-    if (kernel && kernel.status === 'busy') {
+    const state = this._comm.state;
+    if (kernel && state?.kernel_busy && !this._comm.commandsRunAtOnce) {
       await kernel.interrupt();
     } else {
       this._comm.send({ type: 'interrupt' });
