@@ -87,9 +87,11 @@ def test_an_interrupted_start_kills_the_kernels_it_started(monkeypatch, counted_
         cluster.stop_cluster_sync()
 
 
-def test_a_kernel_whose_heartbeat_port_was_taken_is_started_again(tmp_path):
-    # ipykernel binds its heartbeat in a thread: when that port is taken the
-    # thread dies and the kernel lives on, deaf to heartbeats, rather than exiting.
+@pytest.mark.parametrize("port", ["shell_port", "hb_port"])
+def test_a_kernel_whose_port_was_taken_is_started_again_on_new_ports(tmp_path, port):
+    # Another process took the port between jupyter_client's choice and the kernel's bind. A taken
+    # shell port kills the kernel; a taken heartbeat port does not: ipykernel binds it in a thread,
+    # which dies, and the kernel lives on, deaf to heartbeats.
     from jupyter_client import AsyncKernelManager
 
     taken = socket.socket()
@@ -104,7 +106,7 @@ def test_a_kernel_whose_heartbeat_port_was_taken_is_started_again(tmp_path):
         km.connection_file = str(tmp_path / "kernel.json")
         if not fresh:
             km.cache_ports = False  # keep the port given here
-            km.hb_port = taken.getsockname()[1]
+            setattr(km, port, taken.getsockname()[1])
         managers.append(km)
         await km.start_kernel(stdout=log, stderr=log)
         return km
