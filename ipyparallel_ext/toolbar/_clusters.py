@@ -23,7 +23,7 @@ import uuid
 from .. import _cli
 from .._client import load_connection_file
 from ..cluster import _files
-from ..cluster._launcher import launcher_class, make_launcher
+from ..cluster._launcher import make_launcher
 from ..cluster._local import ENGINE_KERNEL_NAME, EngineSpecManager
 from ..cluster._supervisor import ControlError, request
 from ..error import EngineStartError
@@ -128,11 +128,8 @@ def start_args(body) -> tuple:
         raise RequestError(400, f"restart_engines: expected true or false, got {restart!r}")
     argv += ["--restart-engines"] if restart else []
     args, not_known = _parsed(argv + launcher)
-    if not_known == ["--engines", engines] and launcher_class(engines) is launcher_class("local"):
-        args, not_known = _parsed(argv)  # a `cluster start` without --engines: local is all it starts
-    if not_known:
-        field = "launcher_options" if "--launcher-option" in not_known else "engines"
-        raise RequestError(400, f"{field}: `ipyparallel-ext cluster start` takes no {not_known[0]} here yet")
+    if not_known:  # a field turned into an option the CLI does not take: ours to fix, not the caller's
+        raise RuntimeError(f"`ipyparallel-ext cluster start` does not take {not_known}")
     return cluster_id, args
 
 
